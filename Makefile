@@ -1,0 +1,44 @@
+# ctnode: `make run` starts the node with its defaults, `make test` runs the tests.
+# Both set up everything they need first (Debian packages when run as root, a virtualenv).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+APT_PACKAGES := python3-venv dcmtk dicom3tools
+
+.PHONY: run test test-all lint tools bench clean
+
+run: $(STAMP)
+	$(BIN)/ctnode serve $(ARGS)
+
+test: $(STAMP) tools
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+bench: $(STAMP) tools
+	$(BIN)/python benchmarks/ingest.py
+
+# DCMTK (storescu/storescp, dsrdump) and dicom3tools (dciodvfy) are real peers and
+# validators in the tests; install them when we can, otherwise those tests skip with a reason.
+tools:
+	@missing=""; for t in storescu storescp dciodvfy; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else echo "note: install $(APT_PACKAGES) (apt) for the DCMTK/dciodvfy tests"; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

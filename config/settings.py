@@ -1,0 +1,221 @@
+"""The node's one frozen settings object, loaded from TOML with environment overrides.
+
+Every key lives in a section dataclass below and is documented, with its default, in
+``config/node.example.toml``; a test keeps the two in step. Environment variables override
+the file: ``CTNODE_<SECTION>__<KEY>`` (for example ``CTNODE_SCP__PORT=11112``), parsed by the
+type of the field they replace, so deployment scripts need no file at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "CTNODE_"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used, with the key that is wrong."""
+
+
+@dataclass(frozen=True)
+class AllowedCaller:
+    """A calling AE title the SCP accepts, optionally only from one address or network."""
+
+    ae_title: str
+    network: str = ""
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """DICOM TLS (PS3.15 Annex B.1): server certificate, optional client verification."""
+
+    enabled: bool = False
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
+class SCPSettings:
+    """The storage SCP: identity, listening address and association policy."""
+
+    ae_title: str = "CTNODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    require_called_ae_title: bool = True
+    allowed_callers: tuple[AllowedCaller, ...] = ()
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    max_pdu_size: int = 1048576
+    other_storage: Literal["discard", "reject"] = "discard"
+    max_instance_mb: int = 2048
+    min_free_disk_mb: int = 1024
+    processes: int = 1
+    tls: TLSSettings = field(default_factory=TLSSettings)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where received instances, the database and outputs live."""
+
+    data_dir: str = "./var"
+    fsync: bool = True
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir)
+
+
+@dataclass(frozen=True)
+class AssemblySettings:
+    """When a series counts as complete: no new instance for ``stable_age`` seconds."""
+
+    stable_age: float = 30.0
+    tick: float = 1.0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log level and format; logs never carry patient attributes, UIDs only hashed."""
+
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the node can be told, as one immutable value."""
+
+    scp: SCPSettings = field(default_factory=SCPSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    assembly: AssemblySettings = field(default_factory=AssemblySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path`` (optional) with ``environ`` overrides applied on top."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    _apply_environment(raw, os.environ if environ is None else environ)
+    return _build(Settings, raw, "")
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """Plain nested dict of ``settings``, for ``ctnode config`` and the API."""
+    return dataclasses.asdict(settings)
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        target = raw
+        for part in parts[:-1]:
+            nested = target.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{name}: {'.'.join(parts[:-1])} is not a section")
+            target = nested
+        target[parts[-1]] = _EnvText(value)
+
+
+class _EnvText(str):
+    """A value that came from the environment: parsed by the field's type, not TOML's."""
+
+
+def _build(cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'configuration'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {_join(where, unknown[0])}")
+    values = {
+        name: _coerce(hints[name], raw[name], _join(where, name)) for name in names if name in raw
+    }
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or 'configuration'}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, _EnvText):
+            value = _parse_json(value, where)
+        return _build(hint, value, where)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if isinstance(value, _EnvText):
+            value = _parse_json(value, where)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list")
+        return tuple(_coerce(item_type, item, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}")
+        return str(value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: unsupported type {hint}")
+    if hint is bool:
+        if isinstance(value, _EnvText):
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be an integer, not {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, not {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: environment value is not JSON: {exc.msg}") from exc
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name

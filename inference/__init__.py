@@ -1,0 +1,1 @@
+"""Series files -> checked Volume -> analyzers -> fusion -> Findings. No network, no database."""

@@ -1,0 +1,115 @@
+"""What analysis hands to reporting: findings with codes, scores, measurements, locations.
+
+The vocabulary is shared by every analyzer (DESIGN.md, "Findings model"): the 18 CT-RATE
+abnormality labels. Reporting turns these values into SR content items, SC tables and the
+legacy JSON without knowing which analyzer produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CT_RATE_LABELS: tuple[str, ...] = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (value, scheme designator, meaning), e.g. SNOMED CT or DCM."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A named quantity with UCUM units, optionally restricted to a region (e.g. left lung)."""
+
+    name: str
+    value: float
+    unit: str
+    code: Code | None = None
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One abnormality from the shared vocabulary as one analyzer saw it.
+
+    ``score`` is in [0, 1]; ``calibrated`` says whether it is a probability or a
+    rule-based score. ``location`` is a point in patient coordinates (LPS, mm), e.g. a
+    nodule centre; ``key_slice`` the z index of the volume that shows the finding best.
+    """
+
+    label: str
+    code: Code
+    analyzer: str
+    score: float | None = None
+    calibrated: bool = False
+    present: bool = False
+    measurements: tuple[Measurement, ...] = ()
+    key_slice: int | None = None
+    location: tuple[float, float, float] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.score is not None and not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score of {self.label!r} must be in [0, 1], got {self.score}")
+
+
+@dataclass(frozen=True)
+class AnalyzerResult:
+    """Everything one analyzer produced for one volume, with its identity for TID 4019."""
+
+    analyzer: str
+    version: str
+    findings: tuple[Finding, ...] = ()
+    measurements: tuple[Measurement, ...] = ()
+    features: dict[str, float] = field(default_factory=dict)
+    weights_sha256: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The overall result across analyzers (legacy JSON fields, SR summary)."""
+
+    method: str
+    version: str
+    probability_of_pathology: float
+    pathology: bool
+    most_dangerous_pathology_type: str
+    calibrated: bool = False
+    top_features: tuple[tuple[str, float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The analysis of one series: per-analyzer results and their fusion."""
+
+    study_uid: str
+    series_uid: str
+    results: tuple[AnalyzerResult, ...]
+    fusion: Fusion
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(f for r in self.results for f in r.findings)
