@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,3 +20,17 @@ def testdata(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real test data {path} is absent (see ../shared/testdata/README.md)")
     return path
+
+
+def ctnode_command(*args: str) -> list[str]:
+    """Argv that runs this checkout's ``ctnode`` (``python -m node``) in a subprocess."""
+    return [sys.executable, "-m", "node", *args]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a ``ctnode`` subprocess that imports this checkout's packages."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTNODE_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
