@@ -7,7 +7,11 @@ legacy JSON without knowing which analyzer produced them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 CT_RATE_LABELS: tuple[str, ...] = (
     "Medical material",
@@ -103,12 +107,18 @@ class Fusion:
 
 @dataclass(frozen=True)
 class Analysis:
-    """The analysis of one series: per-analyzer results and their fusion."""
+    """The analysis of one series: per-analyzer results, their fusion, and overlay masks.
+
+    ``masks`` are boolean arrays on the analysed volume's grid ``(z, y, x)`` that reporting
+    draws on key images. Known names: ``lung_left``, ``lung_right``, ``emphysema``,
+    ``ground_glass``, ``consolidation``; other names are drawn with a generic colour.
+    """
 
     study_uid: str
     series_uid: str
     results: tuple[AnalyzerResult, ...]
     fusion: Fusion
+    masks: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
 
     @property
     def findings(self) -> tuple[Finding, ...]:
