@@ -116,7 +116,8 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
     _apply_environment(raw, os.environ if environ is None else environ)
-    return _build(Settings, raw, "")
+    settings: Settings = _build(Settings, raw, "")
+    return settings
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
@@ -161,7 +162,7 @@ def _build(cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, _EnvText):
             value = _parse_json(value, where)
         return _build(hint, value, where)

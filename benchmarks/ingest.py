@@ -1,0 +1,266 @@
+"""Ingest benchmark: DCMTK storescu pushing to DCMTK storescp (the reference) and to
+``ctnode serve``, alternately, in one run.
+
+Datasets: the two real chest CTs of ../shared/testdata (348 files) and a synthetic 500-slice
+512x512 series. Each case runs with 1 and 4 concurrent associations (4 storescu processes,
+each sending a quarter of the files). Printed: instances/s, MB/s, the receiver's peak RSS,
+and the ratio ctnode/storescp. Every receiver starts fresh for every run (new data dir).
+
+    python benchmarks/ingest.py [--repeat 3] [--skip-synthetic] [--processes 1 2]
+
+storescp writes without fsync; ctnode runs with its defaults (fsync on). TCP_NODELAY=1 is set
+for both DCMTK tools: Debian's DCMTK 3.6.7 leaves Nagle's algorithm on otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TESTDATA = REPO.parent / "shared" / "testdata"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass(frozen=True)
+class Result:
+    seconds: float
+    peak_rss_mb: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def peak_rss_mb(pids: Sequence[int]) -> float:
+    """Sum of VmHWM over the receiver's processes (main process and workers)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> float:
+    groups = [list(files[i::associations]) for i in range(associations)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-xs", "-aec", ae_title, "127.0.0.1", str(port), *map(str, group)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for group in groups
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - start
+
+
+def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Result:
+    out = workdir / "storescp"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["storescp", "+xa", "-od", str(out), str(port)],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        seconds = push(files, port, "STORESCP", associations)
+        rss = peak_rss_mb([proc.pid])
+    finally:
+        proc.terminate()
+        proc.wait()
+    received = sum(1 for _ in out.iterdir())
+    if received != len(files):
+        raise RuntimeError(f"storescp stored {received} of {len(files)} files")
+    shutil.rmtree(out)
+    return Result(seconds, rss)
+
+
+def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processes: int) -> Result:
+    data = workdir / "ctnode"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CTNODE_SCP__PORT": str(port),
+        "CTNODE_SCP__HOST": "127.0.0.1",
+        "CTNODE_SCP__PROCESSES": str(processes),
+        "CTNODE_STORAGE__DATA_DIR": str(data),
+        "CTNODE_ASSEMBLY__STABLE_AGE": "3600",
+        "CTNODE_LOGGING__LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port)
+        seconds = push(files, port, "CTNODE", associations)
+        rss = peak_rss_mb([proc.pid, *children(proc.pid)])
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    stored = sum(1 for p in (data / "store").rglob("*.dcm"))
+    if stored != len(files):
+        raise RuntimeError(
+            f"ctnode stored {stored} of {len(files)} files: {err.decode(errors='replace')[-800:]}"
+        )
+    shutil.rmtree(data)
+    return Result(seconds, rss)
+
+
+def synthetic_series(folder: Path, n: int = 500) -> list[Path]:
+    from pydicom.uid import generate_uid
+
+    from tests.factory import ct_series, write_series
+
+    study, series = generate_uid(), generate_uid()
+    paths: list[Path] = []
+    for start in range(0, n, 50):
+        chunk = ct_series(
+            min(50, n - start),
+            512,
+            512,
+            seed=f"bench{start}",
+            study_uid=study,
+            series_uid=series,
+            hu=lambda z, y, x: -1000.0 + ((x * 7 + y * 13 + z * 3) % 900),
+            origin=(-180.0, -180.0, -300.0 + 0.625 * start),
+            slice_spacing=0.625,
+        )
+        paths += write_series(chunk, folder / f"part{start:03d}")
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median shown)")
+    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="ctnode receiving-process counts to compare",
+    )
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: install dcmtk", file=sys.stderr)
+            return 2
+
+    datasets: dict[str, list[Path]] = {}
+    real = [TESTDATA / "chest-ct-100-lung", TESTDATA / "chest-ct-248-pneumonia-jpegll"]
+    if all(p.is_dir() for p in real):
+        datasets["2 real chest CTs"] = sorted(f for d in real for f in d.glob("*.dcm"))
+    else:
+        print("real test data absent: skipping the real chest CTs", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="ctnode-bench-") as tmp:
+        workdir = Path(tmp)
+        if not args.skip_synthetic:
+            datasets["synthetic 500x512x512"] = synthetic_series(workdir / "synthetic")
+        rows = []
+        for name, files in datasets.items():
+            megabytes = sum(f.stat().st_size for f in files) / 1e6
+            for associations in args.associations:
+                receivers: dict[str, list[Result]] = {"storescp": []}
+                for processes in args.processes:
+                    receivers[f"ctnode p={processes}"] = []
+                for _ in range(args.repeat):
+                    receivers["storescp"].append(run_storescp(files, associations, workdir))
+                    for processes in args.processes:
+                        receivers[f"ctnode p={processes}"].append(
+                            run_ctnode(files, associations, workdir, processes)
+                        )
+                reference = statistics.median(r.seconds for r in receivers["storescp"])
+                for receiver, results in receivers.items():
+                    seconds = statistics.median(r.seconds for r in results)
+                    rss = max(r.peak_rss_mb for r in results)
+                    rows.append(
+                        (
+                            name,
+                            len(files),
+                            associations,
+                            receiver,
+                            len(files) / seconds,
+                            megabytes / seconds,
+                            rss,
+                            reference / seconds,
+                        )
+                    )
+                    print(_row(rows[-1]), file=sys.stderr, flush=True)
+    print()
+    header = (
+        "dataset",
+        "files",
+        "assocs",
+        "receiver",
+        "inst/s",
+        "MB/s",
+        "peak RSS MB",
+        "vs storescp",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print(_row(row))
+    return 0
+
+
+def _row(row: tuple[object, ...]) -> str:
+    name, files, assocs, receiver, ips, mbs, rss, ratio = row
+    return (
+        f"| {name} | {files} | {assocs} | {receiver} | {ips:.0f} | {mbs:.0f} | {rss:.0f} | "
+        f"{ratio:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

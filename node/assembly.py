@@ -1,0 +1,85 @@
+"""The assembler's shell: a scheduled tick that feeds ``assembler.step`` from the index and
+queues an analysis job for every series that became STABLE."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node import assembler
+from node.index import Index
+from scp.uids import uid_hash
+
+log = logging.getLogger(__name__)
+
+
+class Assembly:
+    """Runs ``assembler.step`` every ``tick`` seconds against the index."""
+
+    def __init__(
+        self,
+        index: Index,
+        stable_age: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.index = index
+        self.stable_age = stable_age
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._watched: dict[str, assembler.Watch] = {}
+        self._lock = threading.Lock()
+
+    def tick(self) -> list[int]:
+        """One assembler step; returns the ids of the jobs it queued."""
+        with self._lock:
+            wall = self.wall_clock()
+            observed = [
+                assembler.Observed(s.series_uid, s.revision, wall - s.last_received)
+                for s in self.index.open_series()
+            ]
+            self._watched, actions = assembler.step(
+                self._watched, observed, self.clock(), self.stable_age
+            )
+            jobs = []
+            for action in actions:
+                job = self.index.mark_stable(action.series_uid, action.revision)
+                if job is None:
+                    log.info("series %s changed while stabilising", uid_hash(action.series_uid))
+                    continue
+                log.info(
+                    "series %s STABLE at revision %d, job %d queued",
+                    uid_hash(action.series_uid),
+                    action.revision,
+                    job,
+                )
+                jobs.append(job)
+            return jobs
+
+
+def schedule(assembly: Assembly, tick: float) -> BackgroundScheduler:
+    """Start a background scheduler that ticks the assembly (one run at a time)."""
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(
+        _safe_tick,
+        "interval",
+        args=[assembly],
+        seconds=tick,
+        max_instances=1,
+        coalesce=True,
+        id="assembly",
+    )
+    scheduler.start()
+    return scheduler
+
+
+def _safe_tick(assembly: Assembly) -> None:
+    try:
+        assembly.tick()
+    except Exception:
+        log.exception("assembly tick failed; retrying at the next tick")

@@ -1,0 +1,110 @@
+"""The durable store of received instances: temp file, fsync, atomic rename, fsync directory.
+
+Layout under the data directory::
+
+    tmp/                       files being received (removed on start-up)
+    store/<study>/<series>/<sop>-<content>.dcm
+
+Every name component is a hash (``scp.uids.name_hash`` of the UID, the first 12 hex digits of
+the content's SHA-256): no DICOM value ever becomes part of a path. Because a changed
+instance gets a new name, replacing it never overwrites the copy the index still points to.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from scp.uids import name_hash
+
+
+class Spool:
+    """Files of the node's data directory, written so that an acknowledged file survives a
+    crash or power loss (when ``fsync`` is on)."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.store_dir = root / "store"
+        self.fsync = fsync
+        for folder in (self.root, self.tmp_dir, self.store_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def relative_path(study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+        """Where an instance lives under ``store/``, derived from hashes only."""
+        return (
+            f"{name_hash(study_uid)[:16]}/{name_hash(series_uid)[:16]}/"
+            f"{name_hash(sop_uid)}-{sha256[:12]}.dcm"
+        )
+
+    def path(self, relative: str) -> Path:
+        return self.store_dir / relative
+
+    def place(self, temp: Path, relative: str) -> Path:
+        """Move a complete temp file to ``store/relative`` durably; returns the final path."""
+        final = self.store_dir / relative
+        if self.fsync:
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._make_dirs(final.parent)
+        os.replace(temp, final)
+        if self.fsync:
+            _fsync_dir(final.parent)
+        return final
+
+    def write_atomic(self, relative: str, chunks: Iterable[bytes]) -> Path:
+        """Write ``chunks`` to ``store/relative`` via a temp file; readers never see a part."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        temp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+            return self.place(temp, relative)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def remove(self, relative: str) -> None:
+        """Delete a stored file (best effort: a missing file is already what we want)."""
+        (self.store_dir / relative).unlink(missing_ok=True)
+
+    def clean_temp(self) -> int:
+        """Remove leftovers of interrupted receptions; returns how many were removed."""
+        removed = 0
+        for entry in self.tmp_dir.iterdir():
+            if entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def stored(self) -> Iterator[str]:
+        """Relative paths of every file under ``store/``."""
+        for dirpath, _dirs, files in os.walk(self.store_dir):
+            base = Path(dirpath).relative_to(self.store_dir)
+            for name in files:
+                yield str(base / name)
+
+    def _make_dirs(self, folder: Path) -> None:
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for created in reversed(missing):
+            created.mkdir(exist_ok=True)
+            if self.fsync:
+                _fsync_dir(created.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
