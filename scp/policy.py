@@ -12,10 +12,14 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import pynetdicom.acse
 import pynetdicom.association
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from config import AllowedCaller
 
@@ -87,6 +91,45 @@ class PolicyACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
+def negotiate_preferring_requestor(
+    rq_contexts: list[PresentationContext],
+    ac_contexts: list[PresentationContext],
+    roles: Any = None,
+) -> tuple[list[PresentationContext], list[Any]]:
+    """Presentation context negotiation (PS3.8 9.3.2.2) where, among the transfer syntaxes
+    both sides support, the requestor's first choice wins.
+
+    pynetdicom picks by the acceptor's order; a sender proposes its file's own syntax first,
+    so honouring its order is what lets the node store the bytes exactly as they were kept
+    at the source instead of a re-encoding (storescu would convert Explicit to Implicit VR).
+    """
+    supported = {cx.abstract_syntax: cx for cx in ac_contexts}
+    results: list[PresentationContext] = []
+    replies: dict[str, Any] = {}
+    for rq in rq_contexts:
+        ours = supported.get(rq.abstract_syntax)
+        candidates = ac_contexts
+        if ours is not None:
+            preferred: list[str | bytes | UID] = [
+                ts for ts in rq.transfer_syntax if ts in ours.transfer_syntax
+            ]
+            ordered = PresentationContext()
+            ordered.abstract_syntax = ours.abstract_syntax
+            ordered.transfer_syntax = preferred + [
+                ts for ts in ours.transfer_syntax if ts not in preferred
+            ]
+            ordered.scu_role, ordered.scp_role = ours.scu_role, ours.scp_role
+            candidates = [ordered]
+        accepted, reply_roles = negotiate_as_acceptor([rq], candidates, roles)
+        results += accepted
+        for role in reply_roles:
+            replies[str(role.sop_class_uid)] = role
+    results.sort(key=lambda cx: cx.context_id or 0)
+    return results, [replies[uid] for uid in sorted(replies)]
+
+
 def install() -> None:
-    """Make new associations use ``PolicyACSE`` (it is inert for AEs without a policy)."""
+    """Make new associations use ``PolicyACSE`` (inert for AEs without a policy) and the
+    requestor-preferring transfer syntax negotiation."""
     pynetdicom.association.ACSE = PolicyACSE  # type: ignore[attr-defined]
+    pynetdicom.acse.negotiate_as_acceptor = negotiate_preferring_requestor  # type: ignore[attr-defined]

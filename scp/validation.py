@@ -43,13 +43,20 @@ def check_identity(
 ) -> Identity | Rejection:
     """The instance's identity, or why it cannot be stored (PS3.4 B.2.3).
 
-    The data set must name the SOP class and instance the C-STORE command names (else
+    A data set in which neither SOP UID can be found was not decoded at all (0xC000). The
+    data set must name the SOP class and instance the C-STORE command names (else
     0xA900), and carry syntactically valid Study, Series and SOP Instance UIDs (missing or
     malformed: 0xA900 for the SOP identity, 0xC000 for the study/series that we cannot
     file the instance under).
     """
     sop_class = _text(dataset, "SOPClassUID")
     sop_instance = _text(dataset, "SOPInstanceUID")
+    if sop_class is None and sop_instance is None:
+        # pydicom parses almost any bytes into *some* elements; a data set without either
+        # SOP Common UID was not understood, whatever the parser made of it.
+        return Rejection(
+            CANNOT_UNDERSTAND, "undecodable", "no SOP Class or Instance UID could be decoded"
+        )
     for name, value in (("SOP Class UID", sop_class), ("SOP Instance UID", sop_instance)):
         problem = uid_problem(value)
         if problem:

@@ -22,6 +22,9 @@ def testdata(name: str) -> Path:
     return path
 
 
+testdata.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 def ctnode_command(*args: str) -> list[str]:
     """Argv that runs this checkout's ``ctnode`` (``python -m node``) in a subprocess."""
     return [sys.executable, "-m", "node", *args]

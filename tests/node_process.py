@@ -1,0 +1,141 @@
+"""``ctnode serve`` as a subprocess, for black-box tests (Orthanc's test-suite style)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ctnode_command, subprocess_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install dcmtk dicom3tools)")
+
+
+class NodeProcess:
+    """A running ``ctnode serve`` with its own data directory and port."""
+
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = subprocess_env(
+            CTNODE_SCP__HOST="127.0.0.1",
+            CTNODE_SCP__PORT=str(self.port),
+            CTNODE_STORAGE__DATA_DIR=str(data_dir),
+            **{f"CTNODE_{k.upper()}": v for k, v in settings.items()},
+        )
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ctnode_command("serve"), env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ctnode serve exited: {self.log.read_text()[-2000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("ctnode serve did not start listening")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def ctnode(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ctnode_command(*args), env=self.env, capture_output=True, text=True, timeout=60
+        )
+
+    def status(self) -> dict[str, Any]:
+        result = self.ctnode("status", "--json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def storescu(
+        self, files: list[Path], *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "storescu",
+                "-xs",
+                *extra,
+                "-aec",
+                "CTNODE",
+                "127.0.0.1",
+                str(self.port),
+                *map(str, files),
+            ],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=check,
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def storescp_capture(files: list[Path], out_dir: Path) -> dict[str, Path]:
+    """What storescu actually sends for ``files``, captured bit-preserving (``+B``) by DCMTK's
+    storescp: storescu re-encodes some elements (undefined-length sequences become defined
+    length), so the wire bytes, not the source files, are the reference for "as received".
+    Returns ``{SOP Instance UID: captured file}`` (storescp names files by modality.UID)."""
+    require("storescu", "storescp")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    receiver = subprocess.Popen(
+        ["storescp", "+B", "+xa", "-od", str(out_dir), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        subprocess.run(
+            ["storescu", "-xs", "-aec", "CAPTURE", "127.0.0.1", str(port), *map(str, files)],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    return {p.name.split(".", 1)[1]: p for p in out_dir.iterdir()}

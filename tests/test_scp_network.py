@@ -1,0 +1,418 @@
+"""The storage SCP on a real port, driven in-process by a pynetdicom SCU.
+
+Each receipt check is asserted twice: the DICOM status the SCU gets, and the side effects
+(nothing stored, nothing half-written in the spool, the refusal counted in the index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+
+import config
+from config import AllowedCaller, Settings
+from node.serve import Node
+from tests.factory import ct_series, uid
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def make_settings(data_dir: Path, **scp: Any) -> Settings:
+    base = config.load(None, {})
+    return dataclasses.replace(
+        base,
+        scp=dataclasses.replace(base.scp, host="127.0.0.1", port=0, **scp),
+        storage=dataclasses.replace(base.storage, data_dir=str(data_dir)),
+        assembly=dataclasses.replace(base.assembly, stable_age=3600.0),
+    )
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Any]:
+    nodes: list[Node] = []
+
+    def start(**scp: Any) -> Node:
+        node = Node(make_settings(tmp_path / f"node{len(nodes)}", **scp))
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def associate(
+    node: Node,
+    calling: str = "TESTSCU",
+    called: str = "CTNODE",
+    contexts: tuple[str, ...] = (CT,),
+    **kwargs: Any,
+) -> Association:
+    ae = AE(ae_title=calling)
+    for sop_class in contexts:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", node.scp.port, ae_title=called, **kwargs)
+
+
+def stored_files(node: Node) -> list[Path]:
+    return sorted(node.spool.store_dir.rglob("*.dcm"))
+
+
+def temp_files(node: Node) -> list[Path]:
+    return list(node.spool.tmp_dir.iterdir())
+
+
+def refusals(node: Node) -> list[tuple[str, int, str]]:
+    rows = node.index.query("SELECT outcome, status, reason FROM refusals ORDER BY id")
+    return [(r["outcome"], r["status"], r["reason"]) for r in rows]
+
+
+def raw_file(path: Path, sop_class: str, sop_instance: str, dataset_bytes: bytes) -> Path:
+    """A DICOM file whose meta header names ``sop_class``/``sop_instance`` and whose data
+    set is ``dataset_bytes`` as given: sent in chunked mode, the C-STORE command comes from
+    the meta header and the data set goes over the wire unparsed."""
+    meta = Dataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)  # type: ignore[arg-type]
+    path.write_bytes(buffer.getvalue() + dataset_bytes)
+    return path
+
+
+def encode(ds: Dataset, *, implicit: bool = False) -> bytes:
+    """The data set encoded little endian, explicit VR unless ``implicit``."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = implicit
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def send_raw(node: Node, path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = associate(node)
+    assert assoc.is_established
+    status = assoc.send_c_store(path)
+    assoc.release()
+    return int(status.Status)
+
+
+def test_echo(start_node: Any) -> None:
+    assoc = associate(start_node(), contexts=("1.2.840.10008.1.1",))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_store_series_durably_and_exactly(start_node: Any) -> None:
+    node = start_node()
+    series = ct_series(5, 16, 16, seed="net")
+    assoc = associate(node)
+    statuses = [assoc.send_c_store(ds).Status for ds in series]
+    assoc.release()
+    assert statuses == [0] * 5
+    files = stored_files(node)
+    assert len(files) == 5 and temp_files(node) == []
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in series}
+    for path in files:
+        stored = pydicom.dcmread(path)
+        original = by_uid[str(stored.SOPInstanceUID)]
+        assert encode(stored) == encode(original)
+        assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    row = node.index.query("SELECT instance_count, state FROM series")[0]
+    assert row == {"instance_count": 5, "state": "RECEIVING"}
+    calling = {r["calling_ae"] for r in node.index.query("SELECT calling_ae FROM instances")}
+    assert calling == {"TESTSCU"}
+
+
+def test_identical_duplicate_is_stored_once(start_node: Any) -> None:
+    node = start_node()
+    ds = ct_series(1, 16, 16, seed="dup")[0]
+    assoc = associate(node)
+    assert [assoc.send_c_store(ds).Status for _ in range(3)] == [0, 0, 0]
+    assoc.release()
+    assert len(stored_files(node)) == 1
+    assert node.index.query("SELECT revision FROM series")[0]["revision"] == 1
+
+
+def test_changed_duplicate_replaces_the_old_copy(start_node: Any) -> None:
+    node = start_node()
+    ds = ct_series(1, 16, 16, seed="changed")[0]
+    assoc = associate(node)
+    assert assoc.send_c_store(ds).Status == 0
+    first = stored_files(node)
+    ds.WindowCenter = 40
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    files = stored_files(node)
+    assert len(files) == 1 and files != first
+    assert pydicom.dcmread(files[0]).WindowCenter == 40
+    row = node.index.query("SELECT revision, instance_count FROM series")[0]
+    assert row == {"revision": 2, "instance_count": 1}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "reason"),
+    [
+        ("other_instance", 0xA900, "sop_instance_mismatch"),
+        ("other_class", 0xA900, "sop_class_mismatch"),
+        ("no_study", 0xC000, "invalid_hierarchy_uid"),
+        ("bad_series", 0xC000, "invalid_hierarchy_uid"),
+        ("garbage", 0xC000, "undecodable"),
+    ],
+)
+def test_bad_instances_are_rejected_and_nothing_stored(
+    start_node: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mutate: str,
+    status: int,
+    reason: str,
+) -> None:
+    node = start_node()
+    ds = ct_series(1, 16, 16, seed="bad")[0]
+    command_class, command_instance = CT, str(ds.SOPInstanceUID)
+    if mutate == "other_instance":
+        command_instance = str(uid("some other instance"))
+    elif mutate == "other_class":
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    elif mutate == "no_study":
+        del ds.StudyInstanceUID
+    elif mutate == "bad_series":
+        ds.SeriesInstanceUID = "1.2.abc"
+    payload = b"\xff\xfe garbage, not a data set" * 3 if mutate == "garbage" else encode(ds)
+    path = raw_file(tmp_path / "bad.dcm", command_class, command_instance, payload)
+    assert send_raw(node, path, monkeypatch) == status
+    assert stored_files(node) == [] and temp_files(node) == []
+    assert node.index.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+    assert refusals(node) == [("rejected", status, reason)]
+
+
+def test_instance_over_size_limit_is_out_of_resources(start_node: Any) -> None:
+    node = start_node(max_instance_mb=0)
+    assoc = associate(node)
+    assert assoc.send_c_store(ct_series(1, 16, 16, seed="big")[0]).Status == 0xA700
+    assoc.release()
+    assert stored_files(node) == [] and temp_files(node) == []
+    assert refusals(node) == [("rejected", 0xA700, "instance_too_large")]
+
+
+def test_low_disk_is_out_of_resources(start_node: Any) -> None:
+    node = start_node(min_free_disk_mb=2**40)
+    assoc = associate(node)
+    assert assoc.send_c_store(ct_series(1, 16, 16, seed="disk")[0]).Status == 0xA700
+    assoc.release()
+    assert stored_files(node) == []
+    assert refusals(node) == [("rejected", 0xA700, "disk_full")]
+
+
+def secondary_capture() -> Dataset:
+    ds = ct_series(1, 8, 8, seed="sc")[0]
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    return ds
+
+
+def test_other_storage_is_discarded_by_default(start_node: Any) -> None:
+    node = start_node()
+    assoc = associate(node, contexts=(CT, SecondaryCaptureImageStorage))
+    assert assoc.send_c_store(secondary_capture()).Status == 0x0000
+    assoc.release()
+    assert stored_files(node) == [] and temp_files(node) == []
+    assert refusals(node) == [("discarded", 0, "not_ct")]
+
+
+def test_other_storage_context_is_refused_by_reject_policy(start_node: Any) -> None:
+    node = start_node(other_storage="reject")
+    assoc = associate(node, contexts=(CT, SecondaryCaptureImageStorage))
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    assert accepted == {CT}
+    with pytest.raises(ValueError):
+        assoc.send_c_store(secondary_capture())
+    assoc.release()
+
+
+def test_calling_ae_allowlist_and_address_binding(start_node: Any) -> None:
+    node = start_node(
+        allowed_callers=(
+            AllowedCaller("REMOTE", "10.0.0.0/8"),
+            AllowedCaller("LOCAL", "127.0.0.0/8"),
+        )
+    )
+    assert associate(node, calling="STRANGER").is_rejected
+    assert associate(node, calling="REMOTE").is_rejected
+    assoc = associate(node, calling="LOCAL")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_called_ae_title_must_match(start_node: Any) -> None:
+    assert associate(start_node(), called="SOMEONE").is_rejected
+    assoc = associate(start_node(require_called_ae_title=False), called="SOMEONE")
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_association_limit(start_node: Any) -> None:
+    node = start_node(max_associations=1)
+    first = associate(node)
+    assert first.is_established
+    second = associate(node)
+    assert second.is_rejected
+    first.release()
+
+
+def _pdv(context_id: int, control: int, payload: bytes) -> bytes:
+    item = bytes([context_id, control]) + payload
+    return struct.pack(">I", len(item)) + item
+
+
+def _p_data(*pdvs: bytes) -> bytes:
+    body = b"".join(pdvs)
+    return b"\x04\x00" + struct.pack(">I", len(body)) + body
+
+
+def _c_store_command(sop_class: str, sop_instance: str) -> bytes:
+    command = Dataset()
+    command.AffectedSOPClassUID = sop_class
+    command.CommandField = 0x0001
+    command.MessageID = 1
+    command.Priority = 0
+    command.CommandDataSetType = 0x0000
+    command.AffectedSOPInstanceUID = sop_instance
+    body = encode(command, implicit=True)
+    group = Dataset()
+    group.CommandGroupLength = len(body)
+    return encode(group, implicit=True) + body
+
+
+@pytest.mark.parametrize("ending", ["abort", "drop"])
+def test_transfer_cut_mid_data_set_leaves_nothing(start_node: Any, ending: str) -> None:
+    node = start_node()
+    ds = ct_series(1, 64, 64, seed="cut")[0]
+    assoc = associate(node)
+    context_id = assoc.accepted_contexts[0].context_id
+    assert context_id is not None
+    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert raw is not None
+    command = _c_store_command(CT, str(ds.SOPInstanceUID))
+    half = encode(ds)[:4000]
+    raw.sendall(_p_data(_pdv(context_id, 0x03, command)) + _p_data(_pdv(context_id, 0x00, half)))
+    deadline = time.monotonic() + 5
+    while not temp_files(node) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert temp_files(node), "the SCP should be receiving into a temp file"
+    if ending == "abort":
+        assoc.abort()
+    else:
+        raw.shutdown(socket.SHUT_RDWR)
+        raw.close()
+        assoc.kill()
+    deadline = time.monotonic() + 10
+    while temp_files(node) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert temp_files(node) == [] and stored_files(node) == []
+    assert node.index.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+    # and the node keeps serving
+    again = associate(node)
+    assert again.send_c_store(ds).Status == 0
+    again.release()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "ca_key", "cert", "key")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["openssl", *args],
+            check=True,
+            capture_output=True,
+        )
+
+    try:
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ctnode test CA",
+            "-keyout",
+            str(paths["ca_key"]),
+            "-out",
+            str(paths["ca"]),
+        )
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(paths["key"]),
+            "-out",
+            str(folder / "req.pem"),
+        )
+        (folder / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(folder / "req.pem"),
+            "-CA",
+            str(paths["ca"]),
+            "-CAkey",
+            str(paths["ca_key"]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(folder / "ext.cnf"),
+            "-out",
+            str(paths["cert"]),
+        )
+    except FileNotFoundError:
+        pytest.skip("openssl is not installed: cannot make test certificates")
+    return paths
+
+
+def test_tls(start_node: Any, tls_files: dict[str, Path]) -> None:
+    tls = config.TLSSettings(
+        enabled=True, certificate=str(tls_files["cert"]), private_key=str(tls_files["key"])
+    )
+    node = start_node(tls=tls)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls_files["ca"]))
+    assoc = associate(node, tls_args=(client, "localhost"))
+    assert assoc.is_established
+    assert assoc.send_c_store(ct_series(1, 8, 8, seed="tls")[0]).Status == 0
+    assoc.release()
+    assert len(stored_files(node)) == 1
+    plain = associate(node)
+    assert not plain.is_established
