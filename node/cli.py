@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "node.serve",
     "status": "node.status",
     "config": "node.show_config",
+    "echo": "node.echo",
     "analyze": "node.analyze",
 }
 

@@ -226,15 +226,18 @@ class StorageSCP:
         cid = secrets.token_hex(4)
         event.assoc.ctnode_cid = cid  # type: ignore[attr-defined]
         log.info(
-            "association requested by %s from %s:%s",
-            event.assoc.requestor.ae_title,
+            "association requested from %s:%s",
             event.assoc.requestor.address,
             event.assoc.requestor.port,
             extra={"cid": cid},
         )
 
     def _on_accepted(self, event: evt.Event) -> None:
-        log.info("association accepted", extra={"cid": _cid(event)})
+        log.info(
+            "association accepted: calling AE %s",
+            event.assoc.requestor.ae_title,
+            extra={"cid": _cid(event)},
+        )
 
     def _on_rejected(self, event: evt.Event) -> None:
         log.warning(

@@ -7,7 +7,6 @@ and, across a ``kill -9``, no acknowledged instance lost or damaged.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -89,9 +88,13 @@ def test_real_chest_cts_arrive_intact_and_become_stable(tmp_path: Path) -> None:
     finally:
         assert node.stop() == 0
     log = node.log_text()
-    for patient_attribute in ("CMB-CRC", "MIDRC", "ANON", "19"):
-        assert not re.search(rf"\b{patient_attribute}\w*\^", log)
-    assert "1.3.6.1.4.1" not in log  # UIDs are hashed in logs
+    assert "association accepted" in log and "STABLE" in log
+    for source in (folders[0] / "1-001.dcm", folders[1] / "1-001.dcm"):
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        for phi in (str(ds.PatientName), str(ds.PatientID), str(ds.StudyDate)):
+            assert phi not in log, "patient attributes must never reach the log"
+        for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
+            assert str(uid) not in log, "UIDs are hashed in logs"
 
 
 def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path) -> None:

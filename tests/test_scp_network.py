@@ -416,3 +416,41 @@ def test_tls(start_node: Any, tls_files: dict[str, Path]) -> None:
     assert len(stored_files(node)) == 1
     plain = associate(node)
     assert not plain.is_established
+
+
+def _after_meta(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(132)
+        length = int.from_bytes(fh.read(12)[8:12], "little")
+        fh.seek(132 + 12 + length)
+        return fh.read()
+
+
+def test_every_transfer_syntax_is_stored_byte_exact(
+    start_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slice in 15 transfer syntaxes (and the NEMA/fragmented extras) sent raw in its own
+    syntax: the stored data set bytes are the source file's, whatever the encoding, even the
+    retired JPEG processes the analysis cannot decode."""
+    from tests.conftest import testdata
+
+    folder = testdata("ct-slice-transfer-syntaxes")
+    node = start_node()
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    seen = set()
+    for path in sorted(folder.iterdir()):
+        meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="CTNODE")
+        assert assoc.is_established, path.name
+        assert assoc.send_c_store(path).Status == 0, path.name
+        assoc.release()
+        row = node.index.query(
+            "SELECT path, transfer_syntax FROM instances WHERE sop_instance_uid = ?",
+            (str(meta.MediaStorageSOPInstanceUID),),
+        )[0]
+        assert row["transfer_syntax"] == meta.TransferSyntaxUID
+        assert _after_meta(node.spool.path(row["path"])) == _after_meta(path), path.name
+        seen.add(str(meta.TransferSyntaxUID))
+    assert len(seen) >= 15

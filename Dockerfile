@@ -1,0 +1,30 @@
+# ctnode as an offline image: everything installed at build time, nothing fetched at run time.
+#   docker build -t ctnode .
+#   docker run -p 11112:11112 -v ctnode-data:/data ctnode
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    CTNODE_STORAGE__DATA_DIR=/data
+
+WORKDIR /opt/ctnode
+COPY pyproject.toml README.md ./
+COPY config ./config
+COPY scp ./scp
+COPY inference ./inference
+COPY reporting ./reporting
+COPY node ./node
+COPY weights ./weights
+RUN pip install . && ctnode config > /dev/null
+
+RUN useradd --system --uid 10001 --home-dir /data ctnode \
+    && mkdir -p /data && chown ctnode:ctnode /data
+USER ctnode
+VOLUME ["/data"]
+EXPOSE 11112
+
+HEALTHCHECK --interval=30s --timeout=15s --start-period=20s --retries=3 \
+    CMD ["ctnode", "echo", "--timeout", "10"]
+ENTRYPOINT ["ctnode"]
+CMD ["serve"]
