@@ -95,6 +95,46 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class DestinationSettings:
+    """A DICOM destination for results (a PACS): called AE title, address, optional TLS."""
+
+    name: str
+    host: str
+    port: int
+    ae_title: str
+    calling_ae_title: str = ""
+    default: bool = True
+    tls: bool = False
+    tls_ca_certificates: str = ""
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+
+
+@dataclass(frozen=True)
+class ReturnAddress:
+    """Where results go back to when they return to the sender: one per calling AE title."""
+
+    calling_ae_title: str
+    host: str
+    port: int
+    ae_title: str
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """Delivery of results: retries with exponential backoff, then a visible failure."""
+
+    max_attempts: int = 8
+    max_age_hours: float = 24.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 600.0
+    tick: float = 2.0
+    timeout: float = 30.0
+    return_to_sender: bool = False
+    return_addresses: tuple[ReturnAddress, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -102,6 +142,8 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    destinations: tuple[DestinationSettings, ...] = ()
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -126,10 +168,13 @@ def as_dict(settings: Settings) -> dict[str, Any]:
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    top_level = {f.name for f in dataclasses.fields(Settings)}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) == 1 and parts[0] not in top_level:
+            continue  # CTNODE_SOMETHING that is not ours
         target = raw
         for part in parts[:-1]:
             nested = target.setdefault(part, {})

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "node.status",
     "config": "node.show_config",
     "echo": "node.echo",
+    "retry": "node.retry",
     "analyze": "node.analyze",
 }
 

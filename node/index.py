@@ -193,11 +193,32 @@ class Index:
                 pk="id",
                 if_not_exists=True,
             )
+            db.table("outbox").create(
+                {
+                    "id": int,
+                    "job_id": int,
+                    "series_uid": str,
+                    "kind": str,
+                    "sop_instance_uid": str,
+                    "path": str,
+                    "destination": str,
+                    "state": str,
+                    "attempts": int,
+                    "created_epoch": float,
+                    "next_attempt_epoch": float,
+                    "last_status": int,
+                    "reason": str,
+                    "updated": str,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
             for table, column in (
                 ("instances", "series_uid"),
                 ("series", "study_uid"),
                 ("series", "state"),
                 ("jobs", "state"),
+                ("outbox", "state"),
             ):
                 db.table(table).create_index([column], if_not_exists=True)
 

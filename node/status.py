@@ -40,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
             "FROM series s ORDER BY s.last_received_epoch DESC"
         )
         jobs = index.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        deliveries = index.query(
+            "SELECT id, destination, kind, series_uid, attempts, reason, updated FROM outbox "
+            "WHERE state = 'FAILED' ORDER BY id"
+        )
+        pending = index.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'PENDING'")
         index.close()
     except sqlite3.Error as exc:
         print(f"cannot read the index: {exc}", file=sys.stderr)
@@ -48,9 +53,22 @@ def run(args: argparse.Namespace) -> int:
     for row in series:
         row["age_seconds"] = round(now - row.pop("last_received_epoch"), 1)
     if args.json:
-        print(json.dumps({"series": series, "jobs": {j["state"]: j["n"] for j in jobs}}, indent=2))
+        summary = {
+            "series": series,
+            "jobs": {j["state"]: j["n"] for j in jobs},
+            "failed_deliveries": deliveries,
+            "pending_deliveries": pending[0]["n"],
+        }
+        print(json.dumps(summary, indent=2))
         return 0
     print(render(series, jobs))
+    if deliveries:
+        print(f"\n{len(deliveries)} failed deliveries (ctnode retry [ID ...] re-queues them):")
+        for d in deliveries:
+            print(
+                f"  {d['id']:>6}  {d['destination']}  {d['kind']}  "
+                f"after {d['attempts']} attempts: {d['reason']}"
+            )
     return 0
 
 

@@ -96,18 +96,22 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout
     for pair in dict.fromkeys((o.sop_class_uid, o.transfer_syntax) for o in objects):
         ae.add_requested_context(*pair)
-    tls_args = (destination.tls, destination.tls_hostname) if destination.tls else None
+    tls_args = None
+    if destination.tls is not None:
+        tls_args = (destination.tls, destination.tls_hostname or destination.host)
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                             tls_args=tls_args)  # type: ignore[arg-type]
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
     except (OSError, ssl.SSLError) as exc:
         return [_all(o, Outcome.RETRY, None, f"no connection: {exc}") for o in objects]
     if not assoc.is_established:
         outcome, reason = _association_failure(assoc)
         return [_all(o, outcome, None, reason) for o in objects]
 
-    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                for cx in assoc.accepted_contexts}
+    accepted = {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+    }
     deliveries: list[Delivery] = []
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -117,8 +121,9 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
                 deliveries.append(_all(obj, Outcome.RETRY, None, "association lost"))
                 continue
             if (obj.sop_class_uid, obj.transfer_syntax) not in accepted:
-                deliveries.append(_all(obj, Outcome.FAILED, None,
-                                       "destination refused the presentation context"))
+                deliveries.append(
+                    _all(obj, Outcome.FAILED, None, "destination refused the presentation context")
+                )
                 continue
             response = assoc.send_c_store(obj.path)
             status = getattr(response, "Status", None)
@@ -132,8 +137,13 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
         if assoc.is_established:
             assoc.release()
     for delivery in deliveries:
-        log.info("sent %s to %s: %s (%s)", uid_hash(delivery.sop_instance_uid),
-                 destination.name, delivery.outcome, delivery.reason)
+        log.info(
+            "sent %s to %s: %s (%s)",
+            uid_hash(delivery.sop_instance_uid),
+            destination.name,
+            delivery.outcome,
+            delivery.reason,
+        )
     return deliveries
 
 
@@ -155,8 +165,12 @@ def _association_failure(assoc: object) -> tuple[Outcome, str]:
 
 def _read_meta(path: Path) -> _Object:
     meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).file_meta
-    return _Object(path, str(meta.MediaStorageSOPClassUID),
-                   str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID))
+    return _Object(
+        path,
+        str(meta.MediaStorageSOPClassUID),
+        str(meta.MediaStorageSOPInstanceUID),
+        str(meta.TransferSyntaxUID),
+    )
 
 
 def _all(obj: _Object, outcome: Outcome, status: int | None, reason: str) -> Delivery:

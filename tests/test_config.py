@@ -44,6 +44,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         "CTNODE_STORAGE__FSYNC": "false",
         "CTNODE_SCP__ALLOWED_CALLERS": '[{"ae_title": "PACS", "network": "10.0.0.0/8"}]',
         "UNRELATED": "x",
+        "CTNODE_HOME": "/not/a/setting",
+        "CTNODE_DESTINATIONS": '[{"name": "p", "host": "h", "port": 104, "ae_title": "PACS"}]',
     }
     s = config.load(path, env)
     assert s.scp.port == 11113
@@ -51,6 +53,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert s.assembly.stable_age == 5.0
     assert s.storage.fsync is False
     assert s.scp.allowed_callers == (config.AllowedCaller("PACS", "10.0.0.0/8"),)
+    assert s.destinations == (config.DestinationSettings("p", "h", 104, "PACS"),)
 
 
 @pytest.mark.parametrize(

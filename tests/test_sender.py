@@ -46,8 +46,14 @@ def files(tmp_path: Path) -> list[Path]:
     return write_series(ct_series(3, 16, 16, seed="send"), tmp_path / "out")
 
 
-def scripted_pacs(statuses: list[int], *, ae_title: str = "PACS", max_associations: int = 10,
-                  contexts: tuple[str, ...] = (CT,)) -> tuple[ThreadedAssociationServer, list[str]]:
+def scripted_pacs(
+    statuses: list[int],
+    *,
+    ae_title: str = "PACS",
+    max_associations: int = 10,
+    contexts: tuple[str, ...] = (CT,),
+    port: int = 0,
+) -> tuple[ThreadedAssociationServer, list[str]]:
     """A pynetdicom SCP that answers the given statuses in turn and records what it got."""
     received: list[str] = []
     answers = iter(statuses)
@@ -61,8 +67,10 @@ def scripted_pacs(statuses: list[int], *, ae_title: str = "PACS", max_associatio
     ae.maximum_associations = max_associations
     for sop_class in contexts:
         ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, handle)])
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)]
+    )
+    assert server is not None
     return server, received
 
 
@@ -128,8 +136,11 @@ def test_delivers_stored_bytes_to_dcmtk_storescp(tmp_path: Path, files: list[Pat
     port = free_port()
     out = tmp_path / "pacs"
     out.mkdir()
-    peer = subprocess.Popen(["storescp", "+B", "-aet", "PACS", str(port), "-od", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer = subprocess.Popen(
+        ["storescp", "+B", "-aet", "PACS", str(port), "-od", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
