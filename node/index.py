@@ -213,12 +213,27 @@ class Index:
                 pk="id",
                 if_not_exists=True,
             )
+            db.table("results").create(
+                {
+                    "job_id": int,
+                    "series_uid": str,
+                    "study_uid": str,
+                    "state": str,
+                    "reason": str,
+                    "result_json": str,
+                    "timings_json": str,
+                    "created": str,
+                },
+                pk="job_id",
+                if_not_exists=True,
+            )
             for table, column in (
                 ("instances", "series_uid"),
                 ("series", "study_uid"),
                 ("series", "state"),
                 ("jobs", "state"),
                 ("outbox", "state"),
+                ("results", "series_uid"),
             ):
                 db.table(table).create_index([column], if_not_exists=True)
 
@@ -394,6 +409,18 @@ class Index:
                 "state_changed = ? WHERE series_uid = ?",
                 (series_uid, now, series_uid),
             )
+
+    def requeue_interrupted(self) -> int:
+        """Jobs a crash interrupted run again: PROCESSING series go back to STABLE."""
+        now = utc_now()
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE series SET state = 'STABLE', state_changed = ? WHERE state = 'PROCESSING'",
+                (now,),
+            )
+            return conn.execute(
+                "UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'running'", (now,)
+            ).rowcount
 
     # -- reading --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ class RecoveryReport:
     temp_files_removed: int
     orphans_removed: int
     missing_files: int
+    jobs_requeued: int = 0
 
 
 def recover(index: Index, spool: Spool) -> RecoveryReport:
