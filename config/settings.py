@@ -135,6 +135,14 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """Analysis workers: how many jobs run at once, and how often an idle one looks."""
+
+    count: int = 1
+    poll: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -144,6 +152,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[DestinationSettings, ...] = ()
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -62,24 +62,23 @@ class Assembly:
             return jobs
 
 
-def schedule(assembly: Assembly, tick: float) -> BackgroundScheduler:
-    """Start a background scheduler that ticks the assembly (one run at a time)."""
-    scheduler = BackgroundScheduler(daemon=True)
+def add_to(scheduler: BackgroundScheduler, assembly: Assembly, tick: float) -> None:
+    """Tick the assembly every ``tick`` seconds (one run at a time)."""
     scheduler.add_job(
-        _safe_tick,
+        _safe(assembly.tick, "assembly"),
         "interval",
-        args=[assembly],
         seconds=tick,
         max_instances=1,
         coalesce=True,
         id="assembly",
     )
-    scheduler.start()
-    return scheduler
 
 
-def _safe_tick(assembly: Assembly) -> None:
-    try:
-        assembly.tick()
-    except Exception:
-        log.exception("assembly tick failed; retrying at the next tick")
+def _safe(function: Callable[[], object], name: str) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            function()
+        except Exception:
+            log.exception("%s tick failed; retrying at the next tick", name)
+
+    return run

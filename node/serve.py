@@ -27,10 +27,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from config import Settings
 from node import logs
-from node.assembly import Assembly, schedule
+from node.assembly import Assembly
+from node.assembly import add_to as add_assembly
 from node.common import add_config_argument, load_settings
 from node.index import Index
+from node.outbox import Outbox, destinations_from
 from node.recovery import recover
+from node.worker import Pipeline, Worker, run_forever
 from scp import tuning
 from scp.server import StorageSCP
 from scp.spool import Spool
@@ -43,9 +46,19 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Node:
-    """The wired service; ``start``/``stop`` so tests can run it in-process too."""
+    """The wired service; ``start``/``stop`` so tests can run it in-process too.
 
-    def __init__(self, settings: Settings, *, receiver_only: bool = False) -> None:
+    ``pipeline`` analyses a stable series; without one, jobs stay queued (visible in
+    ``ctnode status``) until a node with analysis picks them up.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        receiver_only: bool = False,
+        pipeline: Pipeline | None = None,
+    ) -> None:
         self.settings = settings
         self.receiver_only = receiver_only
         root = settings.storage.root
@@ -53,17 +66,71 @@ class Node:
         self.index = Index(root)
         self.scp = StorageSCP(settings.scp, self.spool, self.index)
         self.assembly = Assembly(self.index, settings.assembly.stable_age)
+        results = root / "results"
+        destinations = destinations_from(
+            settings.destinations,
+            settings.outbox.return_addresses,
+            settings.scp.ae_title,
+            settings.outbox.timeout,
+        )
+        self.outbox = Outbox(self.index, results, destinations, settings.outbox)
+        self.workers = []
+        if pipeline is not None:
+            self.workers = [
+                Worker(self.index, self.spool.store_dir, results, pipeline, self.destinations_for)
+                for _ in range(settings.worker.count)
+            ]
+        self._stop_workers = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+
+    def destinations_for(self, series_uid: str) -> list[str]:
+        """Every default destination, plus the sender's return address when configured."""
+        names = [d.name for d in self.settings.destinations if d.default]
+        if self.settings.outbox.return_to_sender:
+            callers = self.index.query(
+                "SELECT DISTINCT calling_ae FROM instances WHERE series_uid = ?", (series_uid,)
+            )
+            names += [
+                f"return:{c['calling_ae']}"
+                for c in callers
+                if f"return:{c['calling_ae']}" in self.outbox.destinations
+            ]
+        return names
 
     def start(self) -> None:
         if not self.receiver_only:
             recover(self.index, self.spool)
         self.scp.start()
-        if not self.receiver_only:
-            self._scheduler = schedule(self.assembly, self.settings.assembly.tick)
+        if self.receiver_only:
+            return
+        scheduler = BackgroundScheduler(daemon=True)
+        add_assembly(scheduler, self.assembly, self.settings.assembly.tick)
+        scheduler.add_job(
+            self.outbox.tick,
+            "interval",
+            seconds=self.settings.outbox.tick,
+            max_instances=1,
+            coalesce=True,
+            id="outbox",
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        for number, worker in enumerate(self.workers):
+            thread = threading.Thread(
+                target=run_forever,
+                args=(worker, self._stop_workers, self.settings.worker.poll),
+                name=f"worker-{number}",
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
+        """Close the listener, let each worker finish the stage it is in, stop the ticks."""
         self.scp.stop()
+        self._stop_workers.set()
+        for thread in self._threads:
+            thread.join()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
