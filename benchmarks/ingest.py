@@ -132,6 +132,7 @@ def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processe
         "CTNODE_STORAGE__DATA_DIR": str(data),
         "CTNODE_ASSEMBLY__STABLE_AGE": "3600",
         "CTNODE_LOGGING__LEVEL": "WARNING",
+        "CTNODE_API__ENABLED": "false",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "node", "serve"],

@@ -143,6 +143,17 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP API: address, bearer token (required beyond loopback), upload cap."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str = ""
+    max_upload_mb: int = 2048
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -153,6 +164,7 @@ class Settings:
     destinations: tuple[DestinationSettings, ...] = ()
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

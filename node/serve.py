@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from config import Settings
 from node import logs
+from node.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
 from node.assembly import Assembly
 from node.assembly import add_to as add_assembly
 from node.common import add_config_argument, load_settings
@@ -80,6 +81,12 @@ class Node:
                 Worker(self.index, self.spool.store_dir, results, pipeline, self.destinations_for)
                 for _ in range(settings.worker.count)
             ]
+        self.api: ApiServer | None = None
+        if settings.api.enabled and not receiver_only:
+            check_exposure(settings.api.host, settings.api.token)
+            checks = default_checks(settings, self.index, lambda: self.scp.running)
+            context = ApiContext(settings, self.index, checks)
+            self.api = ApiServer(create_app(context), settings.api.host, settings.api.port)
         self._stop_workers = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
@@ -116,6 +123,8 @@ class Node:
         )
         scheduler.start()
         self._scheduler = scheduler
+        if self.api is not None:
+            self.api.start()
         for number, worker in enumerate(self.workers):
             thread = threading.Thread(
                 target=run_forever,
@@ -128,6 +137,8 @@ class Node:
     def stop(self) -> None:
         """Close the listener, let each worker finish the stage it is in, stop the ticks."""
         self.scp.stop()
+        if self.api is not None:
+            self.api.stop()
         self._stop_workers.set()
         for thread in self._threads:
             thread.join()
@@ -149,7 +160,11 @@ def run(args: argparse.Namespace) -> int:
     receiver = args.receiver is not None
     if receiver:
         _die_with_parent()
-    node = Node(settings, receiver_only=receiver)
+    try:
+        node = Node(settings, receiver_only=receiver)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -161,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     receivers = [] if receiver else _start_receivers(args, settings.scp.processes - 1)
     try:
         node.start()
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         for child in receivers:
             child.terminate()

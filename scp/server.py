@@ -159,6 +159,10 @@ class StorageSCP:
         return ae
 
     @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         """The bound port (useful when configured as 0: any free port)."""
         if self._server is None:

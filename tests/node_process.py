@@ -35,9 +35,11 @@ class NodeProcess:
     def __init__(self, data_dir: Path, **settings: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        self.api_port = free_port()
         self.env = subprocess_env(
             CTNODE_SCP__HOST="127.0.0.1",
             CTNODE_SCP__PORT=str(self.port),
+            CTNODE_API__PORT=str(self.api_port),
             CTNODE_STORAGE__DATA_DIR=str(data_dir),
             **{f"CTNODE_{k.upper()}": v for k, v in settings.items()},
         )

@@ -41,6 +41,7 @@ def make_settings(data_dir: Path, **scp: Any) -> Settings:
         scp=dataclasses.replace(base.scp, host="127.0.0.1", port=0, **scp),
         storage=dataclasses.replace(base.storage, data_dir=str(data_dir)),
         assembly=dataclasses.replace(base.assembly, stable_age=3600.0),
+        api=dataclasses.replace(base.api, enabled=False),
     )
 
 

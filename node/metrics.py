@@ -1,0 +1,83 @@
+"""Prometheus metrics computed from the index at scrape time.
+
+Everything the node counts already lives in SQLite (instances, refusals, series states, job
+timings, deliveries), written by every receiving process. Reading it at scrape time gives one
+consistent view however many processes receive, and nothing to lose on restart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from node.index import Index
+
+STAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+STATES = ("RECEIVING", "STABLE", "PROCESSING", "REPORTED", "SENT", "INVALID", "FAILED")
+
+
+class IndexCollector(Collector):
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        q = self.index.query
+        received = CounterMetricFamily(
+            "ctnode_instances_stored", "CT instances stored (current index content)"
+        )
+        received.add_metric([], q("SELECT COUNT(*) AS n FROM instances")[0]["n"])
+        yield received
+
+        refused = CounterMetricFamily(
+            "ctnode_instances_refused",
+            "Instances not stored, by outcome (rejected/discarded) and reason",
+            labels=["outcome", "reason"],
+        )
+        for row in q("SELECT outcome, reason, COUNT(*) AS n FROM refusals GROUP BY 1, 2"):
+            refused.add_metric([row["outcome"], row["reason"]], row["n"])
+        yield refused
+
+        series = GaugeMetricFamily("ctnode_series", "Series by state", labels=["state"])
+        counts = {
+            r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM series GROUP BY state")
+        }
+        for state in STATES:
+            series.add_metric([state], counts.get(state, 0))
+        yield series
+
+        jobs = GaugeMetricFamily("ctnode_jobs", "Analysis jobs by state", labels=["state"])
+        for row in q("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            jobs.add_metric([row["state"]], row["n"])
+        yield jobs
+
+        yield self._durations()
+
+        deliveries = CounterMetricFamily(
+            "ctnode_deliveries",
+            "Result deliveries by destination and state",
+            labels=["destination", "state"],
+        )
+        for row in q("SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY 1, 2"):
+            deliveries.add_metric([row["destination"], row["state"]], row["n"])
+        yield deliveries
+
+    def _durations(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "ctnode_job_stage_seconds", "Duration of analysis job stages", labels=["stage"]
+        )
+        samples: dict[str, list[float]] = {}
+        for row in self.index.query("SELECT timings_json FROM results"):
+            for stage, seconds in json.loads(row["timings_json"] or "{}").items():
+                samples.setdefault(stage, []).append(float(seconds))
+        for stage, values in sorted(samples.items()):
+            buckets = [(str(b), sum(v <= b for v in values)) for b in STAGE_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            family.add_metric([stage], buckets, sum_value=sum(values))
+        return family
