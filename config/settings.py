@@ -154,6 +154,78 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    """When a series is fit for analysis (``inference.validation``, ``inference.chest``)."""
+
+    min_slices: int = 20
+    gap_factor: float = 1.5
+    max_tilt_degrees: float = 1.0
+    max_obliquity_degrees: float = 10.0
+    min_lung_area_cm2: float = 30.0
+    min_lung_extent_mm: float = 60.0
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Which series of a study to analyse: kernel preference lists (``inference.selection``)."""
+
+    lung_kernels: tuple[str, ...] = (
+        "LUNG",
+        "B60f",
+        "B70f",
+        "B80f",
+        "Br60",
+        "Br64",
+        "Bl57",
+        "Bl64",
+        "I70f",
+        "FC51",
+        "FC52",
+        "FC53",
+        "FC55",
+        "FC56",
+        "FC86",
+        "YA",
+        "YB",
+        "L",
+        "BONEPLUS",
+        "SHARP",
+    )
+    soft_kernels: tuple[str, ...] = (
+        "STANDARD",
+        "SOFT",
+        "B30f",
+        "B31f",
+        "B35f",
+        "B40f",
+        "B41f",
+        "Br36",
+        "Br40",
+        "Bf37",
+        "I30f",
+        "I40f",
+        "FC03",
+        "FC07",
+        "FC08",
+        "FC17",
+        "FC18",
+        "YC",
+        "A",
+        "B",
+        "C",
+    )
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """Limits on uploaded or given archives (zip bombs, huge uploads)."""
+
+    max_total_mb: int = 4096
+    max_ratio: float = 200.0
+    max_entries: int = 100000
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -165,6 +237,9 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

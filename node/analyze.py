@@ -1,0 +1,106 @@
+"""``ctnode analyze PATH``: the analysis without network or database, for a folder, a ZIP
+archive, a DICOMDIR or a file. Prints every study's series with their verdicts, the series
+chosen and why, and exits non-zero with the reason when nothing can be analysed.
+
+Exit codes: 0 at least one study analysed; 2 the input cannot be read (bad archive, no
+DICOM); 3 DICOM was found but no series can be analysed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from node.common import add_config_argument, load_settings
+
+HELP = "analyse a folder, ZIP, DICOMDIR or file offline and print the decision"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("path", type=Path, help="folder, ZIP archive, DICOMDIR or DICOM file")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference.errors import IntakeError, InvalidSeries
+    from inference.prepare import prepare
+
+    settings = load_settings(args)
+    try:
+        plans = prepare(args.path, settings)
+    except IntakeError as exc:
+        print(f"ctnode: cannot read {args.path}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except InvalidSeries as exc:
+        print(f"ctnode: nothing to analyse: {exc.code}: {exc.message}", file=sys.stderr)
+        return 3
+    report = [describe(plan) for plan in plans]
+    for study in report:
+        print(render(study))
+    if args.json:
+        args.json.write_text(json.dumps(report if len(report) > 1 else report[0], indent=2))
+    if all(study["reason_code"] for study in report):
+        reasons = "; ".join(f"{s['reason_code']}: {s['reason']}" for s in report)
+        print(f"ctnode: nothing can be analysed: {reasons}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def describe(plan: Any) -> dict[str, Any]:
+    """A JSON-ready account of one study's plan (no patient attributes)."""
+    volume = plan.volume
+    return {
+        "study_uid": plan.study_uid,
+        "series_uid": volume.series_uid if volume else None,
+        "reason_code": plan.reason_code,
+        "reason": plan.reason,
+        "notes": list(plan.notes),
+        "series": [
+            {
+                "series_uid": v.series_uid,
+                "series_number": v.series_number,
+                "description": v.description,
+                "kernel": v.kernel,
+                "kernel_class": v.kernel_class,
+                "images": v.images,
+                "slice_thickness": v.slice_thickness,
+                "valid": v.valid,
+                "verdict": v.reason,
+            }
+            for v in plan.verdicts
+        ],
+        "volume": None
+        if volume is None
+        else {
+            "shape": list(volume.shape),
+            "spacing_mm": [round(s, 4) for s in volume.spacing],
+            "kernel": volume.kernel,
+            "lung_extent_mm": round(plan.chest.lung_extent_mm, 1) if plan.chest else None,
+        },
+    }
+
+
+def render(study: dict[str, Any]) -> str:
+    lines = [f"study {study['study_uid']}"]
+    for s in study["series"]:
+        mark = "*" if s["verdict"] == "selected" else " "
+        number = "" if s["series_number"] is None else str(s["series_number"])
+        lines.append(
+            f" {mark} series {number:>4} {s['images']:>4} images  "
+            f"{(s['kernel'] or '-')[:12]:<12} {s['kernel_class']:<5}  "
+            f"{(s['description'] or '')[:24]:<24}  {s['verdict']}"
+        )
+    if study["volume"]:
+        v = study["volume"]
+        lines.append(
+            f"   volume {v['shape']} spacing {v['spacing_mm']} mm, lungs over "
+            f"{v['lung_extent_mm']} mm"
+        )
+    else:
+        lines.append(f"   not analysed: {study['reason_code']}: {study['reason']}")
+    lines += [f"   note: {n}" for n in study["notes"]]
+    return "\n".join(lines)
