@@ -38,16 +38,54 @@ def run(args: argparse.Namespace) -> int:
     except InvalidSeries as exc:
         print(f"ctnode: nothing to analyse: {exc.code}: {exc.message}", file=sys.stderr)
         return 3
-    report = [describe(plan) for plan in plans]
+    report = [analyse(plan, settings) for plan in plans]
     for study in report:
         print(render(study))
     if args.json:
         args.json.write_text(json.dumps(report if len(report) > 1 else report[0], indent=2))
     if all(study["reason_code"] for study in report):
-        reasons = "; ".join(f"{s['reason_code']}: {s['reason']}" for s in report)
+        reasons = "; ".join(f"{s['reason_code']}: {s['decision']['reason']}" for s in report)
         print(f"ctnode: nothing can be analysed: {reasons}", file=sys.stderr)
         return 3
     return 0
+
+
+def analyse(plan: Any, settings: Any) -> dict[str, Any]:
+    """Run the analysis on a study's chosen volume: the legacy JSON plus the decision."""
+    import time
+
+    from inference import ensemble
+    from inference.selection import LUNG
+    from reporting import legacy_json
+
+    decision = describe(plan)
+    started = time.perf_counter()
+    if plan.volume is None:
+        result = legacy_json.failure(
+            f"{plan.reason_code}: {plan.reason}", 0.0, study_uid=plan.study_uid
+        )
+    else:
+        chosen = plan.chosen
+        analysis = ensemble.run(
+            plan.volume, sharp_kernel=bool(chosen and chosen.kernel_class == LUNG)
+        )
+        result = legacy_json.success(analysis, time.perf_counter() - started)
+        decision["findings"] = [
+            {
+                "label": f.label,
+                "analyzer": f.analyzer,
+                "score": f.score,
+                "present": f.present,
+                "key_slice": f.key_slice,
+                "description": f.description,
+                "location_mm": list(f.location) if f.location else None,
+                "measurements": [
+                    {"name": m.name, "value": m.value, "unit": m.unit} for m in f.measurements
+                ],
+            }
+            for f in analysis.findings
+        ]
+    return {**result, "decision": decision, "reason_code": plan.reason_code}
 
 
 def describe(plan: Any) -> dict[str, Any]:
@@ -84,7 +122,8 @@ def describe(plan: Any) -> dict[str, Any]:
     }
 
 
-def render(study: dict[str, Any]) -> str:
+def render(result: dict[str, Any]) -> str:
+    study = result["decision"]
     lines = [f"study {study['study_uid']}"]
     for s in study["series"]:
         mark = "*" if s["verdict"] == "selected" else " "
@@ -103,4 +142,13 @@ def render(study: dict[str, Any]) -> str:
     else:
         lines.append(f"   not analysed: {study['reason_code']}: {study['reason']}")
     lines += [f"   note: {n}" for n in study["notes"]]
+    for f in study.get("findings", []):
+        mark = "+" if f["present"] else " "
+        lines.append(f" {mark} {f['label']:<14} score {f['score']:.2f}  {f['description']}")
+    if result["processing_status"] == "Success":
+        lines.append(
+            f"   overall: {result['probability_of_pathology']:.2f} "
+            f"({result['fusion']['method']}, not a calibrated probability), "
+            f"most dangerous: {result['most_dangerous_pathology_type']}"
+        )
     return "\n".join(lines)

@@ -200,9 +200,12 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     out = tmp_path / "decision.json"
     ok = analyze(str(testdata("chest-ct-100-lung")), "--json", str(out))
     assert ok.returncode == 0, ok.stderr
-    decision = json.loads(out.read_text())
-    assert decision["reason_code"] is None and decision["volume"]["shape"] == [100, 512, 512]
+    result = json.loads(out.read_text())
+    decision = result["decision"]
+    assert result["reason_code"] is None and decision["volume"]["shape"] == [100, 512, 512]
     assert decision["series"][0]["verdict"] == "selected" and "selected" in ok.stdout
+    assert result["processing_status"] == "Success" and result["probability_of_pathology"] >= 0
+    assert {f["label"] for f in decision["findings"]} >= {"Emphysema", "Lung opacity"}
     head = analyze(str(testdata("dcm_qa_ct/In/GE")))
     assert head.returncode == 3 and "gantry_tilt" in head.stderr
     junk = tmp_path / "junk.bin"

@@ -1,0 +1,200 @@
+"""The quantitative analyzer: segmentation, densitometry and nodule candidates turned into
+findings of the shared vocabulary.
+
+Scores are rule-based, not calibrated probabilities: each is a logistic function of one
+measurement, 0.5 at the stated threshold (monotone: more disease, higher score):
+
+- Emphysema: LAA%-950 (noise-corrected), threshold 6 %, width 1.5. Upper limit of normal
+  5-6 % (Gevenois et al. 1996; Mets et al., Eur Radiol 2012;22:120).
+- Lung opacity: percentage of opacity (-700 to +50 HU), threshold 20 %, width 4. Above what
+  vessels and dependent density give in normal lungs with this range-based measure (about
+  13 % on the normal test CT); cf. Chaganti et al. 2020.
+- Consolidation: consolidation range (-300 to +50 HU), threshold 4 %, width 0.8. Normal lungs
+  give 2-3 % (vessels, partial volume) with this range.
+- Lung nodule: a candidate's diameter, threshold 6 mm, width 1.5. The Fleischner Society's
+  follow-up threshold for solid nodules (MacMahon et al., Radiology 2017;284:228).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.findings import AnalyzerResult, Code, Finding, Measurement
+from inference.quant import densitometry, nodules
+from inference.quant.segmentation import segment
+from inference.volume import Volume
+
+NAME = "quantitative"
+VERSION = "1.0.0"
+
+EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
+CONSOLIDATION = Code("95436008", "SCT", "Lung consolidation")
+LUNG_OPACITY = Code("CTN-0001", "99CTNODE", "Lung opacity")
+LUNG_NODULE = Code("CTN-0002", "99CTNODE", "Lung nodule candidate")
+
+
+@dataclass(frozen=True)
+class Rule:
+    threshold: float
+    width: float
+
+    def score(self, value: float) -> float:
+        if math.isnan(value):
+            return 0.0
+        return 1.0 / (1.0 + math.exp(-(value - self.threshold) / self.width))
+
+
+RULES = {
+    "Emphysema": Rule(6.0, 1.5),
+    "Lung opacity": Rule(20.0, 4.0),
+    "Consolidation": Rule(4.0, 0.8),
+    "Lung nodule": Rule(6.0, 1.5),
+}
+
+
+@dataclass(frozen=True)
+class QuantitativeOutput:
+    result: AnalyzerResult
+    masks: dict[str, npt.NDArray[np.bool_]]
+    candidates: tuple[nodules.NoduleCandidate, ...]
+
+
+def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> QuantitativeOutput:
+    masks = segment(volume)
+    density = densitometry.measure(volume, masks, sharp_kernel=sharp_kernel)
+    candidates = nodules.find(volume, masks, density.values, limit=max_nodules)
+    values = density.values
+    lungs = masks.lungs
+    emphysema = lungs & (values < densitometry.LAA_HU)
+    ggo = lungs & (values >= densitometry.GGO_RANGE[0]) & (values < densitometry.GGO_RANGE[1])
+    consolidation = (
+        lungs
+        & (values >= densitometry.CONSOLIDATION_RANGE[0])
+        & (values <= densitometry.CONSOLIDATION_RANGE[1])
+    )
+    total = density.total
+    findings = [
+        _finding(
+            "Emphysema",
+            EMPHYSEMA,
+            total.laa950_percent,
+            emphysema,
+            f"LAA%-950 {total.laa950_percent:.1f} %, Perc15 {total.perc15_hu:.0f} HU",
+            _pick(total.measurements(), "LAA%-950", "Perc15"),
+        ),
+        _finding(
+            "Lung opacity",
+            LUNG_OPACITY,
+            total.opacity_percent,
+            ggo | consolidation,
+            f"{total.opacity_percent:.1f} % of lung volume in the -700 to +50 HU range",
+            _pick(
+                total.measurements(),
+                "Percentage of opacity",
+                "Ground-glass range",
+                "Ground-glass range volume",
+            ),
+        ),
+        _finding(
+            "Consolidation",
+            CONSOLIDATION,
+            total.consolidation_percent,
+            consolidation,
+            f"{total.consolidation_ml:.0f} mL in the -300 to +50 HU range",
+            _pick(total.measurements(), "Consolidation range", "Consolidation range volume"),
+        ),
+        *_nodule_findings(candidates),
+    ]
+    measurements = tuple(m for region in density.regions.values() for m in region.measurements())
+    features = {
+        f"quant.{m.region.replace(' ', '_')}.{_slug(m.name)}": float(m.value) for m in measurements
+    }
+    features["quant.nodule.max_diameter_mm"] = max(
+        (c.diameter_mm for c in candidates), default=float("nan")
+    )
+    features["quant.nodule.count"] = float(len(candidates))
+    features["quant.smoothed"] = 1.0 if density.smoothed else 0.0
+    result = AnalyzerResult(NAME, VERSION, tuple(findings), measurements, features)
+    overlay = {
+        "lung_left": masks.left,
+        "lung_right": masks.right,
+        "emphysema": emphysema,
+        "ground_glass": ggo,
+        "consolidation": consolidation,
+    }
+    return QuantitativeOutput(result, overlay, tuple(candidates))
+
+
+def _finding(
+    label: str,
+    code: Code,
+    value: float,
+    mask: npt.NDArray[np.bool_],
+    description: str,
+    measurements: tuple[Measurement, ...],
+) -> Finding:
+    score = RULES[label].score(value)
+    return Finding(
+        label=label,
+        code=code,
+        analyzer=NAME,
+        score=round(score, 4),
+        calibrated=False,
+        present=score >= 0.5,
+        measurements=measurements,
+        key_slice=_key_slice(mask),
+        description=description + " (rule-based score)",
+    )
+
+
+def _nodule_findings(candidates: list[nodules.NoduleCandidate]) -> list[Finding]:
+    if not candidates:
+        return [
+            Finding(
+                label="Lung nodule",
+                code=LUNG_NODULE,
+                analyzer=NAME,
+                score=0.0,
+                description="no nodule candidate (rule-based score)",
+            )
+        ]
+    findings = []
+    for number, c in enumerate(candidates, start=1):
+        score = RULES["Lung nodule"].score(c.diameter_mm)
+        findings.append(
+            Finding(
+                label="Lung nodule",
+                code=LUNG_NODULE,
+                analyzer=NAME,
+                score=round(score, 4),
+                present=score >= 0.5,
+                key_slice=c.slice_index,
+                location=c.centre,
+                measurements=(
+                    Measurement("Diameter", c.diameter_mm, "mm"),
+                    Measurement("Volume", round(c.volume_ml * 1000, 1), "mm3"),
+                    Measurement("Mean density", c.mean_hu, "[hnsf'U]"),
+                ),
+                description=f"candidate {number}: {c.diameter_mm:.1f} mm, mean {c.mean_hu:.0f} HU "
+                "(rule-based score)",
+            )
+        )
+    return findings
+
+
+def _key_slice(mask: npt.NDArray[np.bool_]) -> int | None:
+    """The slice that shows the finding best: the largest affected area."""
+    areas = mask.sum(axis=(1, 2))
+    return int(np.argmax(areas)) if areas.max() > 0 else None
+
+
+def _pick(measurements: tuple[Measurement, ...], *names: str) -> tuple[Measurement, ...]:
+    return tuple(m for m in measurements if m.name in names)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
