@@ -160,8 +160,13 @@ def run(args: argparse.Namespace) -> int:
     receiver = args.receiver is not None
     if receiver:
         _die_with_parent()
+    pipeline = None
+    if not receiver and settings.worker.count > 0:
+        from node.pipeline import AnalysisPipeline
+
+        pipeline = AnalysisPipeline(settings)
     try:
-        node = Node(settings, receiver_only=receiver)
+        node = Node(settings, receiver_only=receiver, pipeline=pipeline)
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -55,7 +55,10 @@ def test_real_chest_cts_arrive_intact_and_become_stable(tmp_path: Path) -> None:
     folders = [testdata("chest-ct-100-lung"), testdata("chest-ct-248-pneumonia-jpegll")]
     stable_age = 3.0
     node = NodeProcess(
-        tmp_path / "var", ASSEMBLY__STABLE_AGE=str(stable_age), ASSEMBLY__TICK="0.25"
+        tmp_path / "var",
+        ASSEMBLY__STABLE_AGE=str(stable_age),
+        ASSEMBLY__TICK="0.25",
+        WORKER__COUNT="0",
     ).start()
     try:
         sources = {sop_uid(p): p for folder in folders for p in sorted(folder.glob("*.dcm"))}
@@ -100,7 +103,9 @@ def test_real_chest_cts_arrive_intact_and_become_stable(tmp_path: Path) -> None:
 def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path) -> None:
     require("storescu")
     files = sorted(testdata("chest-ct-248-pneumonia-jpegll").glob("*.dcm"))
-    node = NodeProcess(tmp_path / "var", ASSEMBLY__STABLE_AGE="2", ASSEMBLY__TICK="0.25")
+    node = NodeProcess(
+        tmp_path / "var", ASSEMBLY__STABLE_AGE="2", ASSEMBLY__TICK="0.25", WORKER__COUNT="0"
+    )
     node.start()
     import subprocess
 

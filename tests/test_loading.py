@@ -294,3 +294,13 @@ def test_head_like_volume_is_not_chest(tmp_path: Path) -> None:
     with pytest.raises(InvalidSeries) as caught:
         check_chest(volume)
     assert caught.value.code == errors.NOT_CHEST
+
+
+def test_ge_head_ct_is_not_chest_even_when_tilt_is_allowed() -> None:
+    permissive = ValidationSettings(max_tilt_degrees=90, max_obliquity_degrees=90, gap_factor=100)
+    head = load_series(
+        sorted(p for p in testdata("dcm_qa_ct/In/GE").iterdir() if p.is_file()), rules=permissive
+    )
+    with pytest.raises(InvalidSeries) as caught:
+        check_chest(head)
+    assert caught.value.code == errors.NOT_CHEST

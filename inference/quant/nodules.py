@@ -43,7 +43,7 @@ class NoduleCandidate:
     centre: tuple[float, float, float]  # patient LPS mm
     slice_index: int
     voxel: tuple[int, int, int]  # (z, y, x) on the volume grid
-    diameter_mm: float
+    diameter_mm: float  # longest diameter (along the principal axis)
     volume_ml: float
     mean_hu: float
     dot: float  # dot response x solidity: the ranking score
@@ -80,12 +80,13 @@ def find(
     for z, y, x in coordinates[order]:
         sigma_mm = float(best_sigma[z, y, x])
         radius_mm = 2 * sigma_mm * np.sqrt(3)
-        region, mean_hu = _extent(hu, dense, (z, y, x), radius_mm, spacing)
+        region, mean_hu, longest = _extent(hu, dense, (z, y, x), radius_mm, spacing)
         voxel_ml = float(np.prod(spacing)) / 1000
         volume_ml = region * voxel_ml
-        diameter = 2 * (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
-        if not MIN_MM <= diameter <= MAX_MM:
+        equivalent = 2 * (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+        if not MIN_MM <= equivalent <= MAX_MM:
             continue
+        diameter = max(longest, equivalent)
         full = tuple(
             min(int(c * f + f // 2), n - 1)
             for c, f, n in zip((z, y, x), factors, volume.shape, strict=True)
@@ -147,7 +148,7 @@ def _extent(
     centre: tuple[int, int, int],
     radius_mm: float,
     spacing: tuple[float, ...],
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     r = [int(np.ceil(radius_mm / s)) for s in spacing]
     box = tuple(slice(max(0, c - ri), c + ri + 1) for c, ri in zip(centre, r, strict=True))
     grids = np.ogrid[
@@ -160,8 +161,13 @@ def _extent(
     labels, _ = ndimage.label(local)
     own = labels == labels[tuple(c - b.start for c, b in zip(centre, box, strict=True))]
     if not own.any():
-        return 0, float("nan")
-    return int(own.sum()), float(hu[box][own].mean())
+        return 0, float("nan"), 0.0
+    points = np.argwhere(own) * np.array(spacing)
+    spread = points - points.mean(axis=0)
+    axis = np.linalg.svd(spread, full_matrices=False)[2][0] if len(points) > 1 else np.zeros(3)
+    along = spread @ axis
+    longest = float(along.max() - along.min()) + float(np.mean(spacing))
+    return int(own.sum()), float(hu[box][own].mean()), longest
 
 
 def _distinct(found: list[NoduleCandidate], spacing: tuple[float, ...]) -> list[NoduleCandidate]:

@@ -19,7 +19,7 @@ again at full resolution.
    lung border separates them, and every voxel returns to its nearest core. Left is the
    lung at larger patient x (DICOM LPS: +x is the patient's left).
 5. Envelope: consolidation, effusion-adjacent atelectasis or a mass replace air and would be
-   cut out by an air threshold. Each lung is closed slice by slice with a 12 mm disk and its
+   cut out by an air threshold. Each lung is closed slice by slice with a 20 mm disk and its
    holes under 10 cm^2 filled, which takes back dense regions enclosed by, or biting into,
    aerated lung. Liver and spleen domes rising into the lung fields look the same on one
    slice (discs surrounded by lung), but in 3D they rest on the abdomen: an added region is
