@@ -45,17 +45,12 @@ def child(loader: str, folder: str) -> None:
     start = time.perf_counter()
     shape = (ctnode if loader == "ctnode" else plain_pydicom)(paths)
     seconds = time.perf_counter() - start
-    from inference.loading import shutdown_pool
-
-    shutdown_pool()  # so the decoding processes' peak shows in RUSAGE_CHILDREN
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "seconds": seconds,
                 "peak_mb": peak,
-                "pool_peak_mb": children,
                 "slices": shape[0],
                 "volume_mb": shape[0] * shape[1] * shape[2] * 2 / 2**20,
             }
@@ -91,28 +86,21 @@ def main() -> int:
                     loader,
                     seconds,
                     max(r["peak_mb"] for r in results),
-                    max(r["pool_peak_mb"] for r in results),
                     results[0]["volume_mb"],
                     reference / seconds,
                 )
                 rows.append(row)
                 print(_row(row), file=sys.stderr, flush=True)
-    print(
-        "| series | loader | seconds | peak RSS MB | decoder pool peak MB | volume MB | "
-        "speed-up vs pydicom loop |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print("| series | loader | seconds | peak RSS MB | volume MB | speed-up vs pydicom loop |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(_row(row))
     return 0
 
 
 def _row(row: tuple[object, ...]) -> str:
-    name, loader, seconds, peak, pool, volume, ratio = row
-    return (
-        f"| {name} | {loader} | {seconds:.2f} | {peak:.0f} | {pool:.0f} | {volume:.0f} | "
-        f"{ratio:.2f}x |"
-    )
+    name, loader, seconds, peak, volume, ratio = row
+    return f"| {name} | {loader} | {seconds:.2f} | {peak:.0f} | {volume:.0f} | {ratio:.2f}x |"
 
 
 if __name__ == "__main__":
