@@ -1,38 +1,35 @@
 """The storage SCP: C-ECHO and C-STORE (PS3.4 Annex A and B) into the durable spool.
 
-pynetdicom streams each received data set into a temp file in the spool's ``tmp/``
-(``STORE_RECV_CHUNKED_DATASET``), so a 500 MB multi-frame never sits in memory and the bytes
-on disk are the bytes that came over the wire, behind a File Meta header written by the node.
-``handle_store`` checks the instance, moves that very file into ``store/`` (fsync, rename,
-fsync directory), lets the injected sink commit its index row, and only then answers Success.
+Each association runs in its own thread over the upper layer in ``scp.upper_layer``. A
+received data set streams straight into a temp file in the spool's ``tmp/`` behind a File
+Meta header the node writes, so a 500 MB multi-frame never sits in memory and the bytes on
+disk are the bytes that came over the wire. ``_store`` then checks the instance, moves that
+very file into ``store/`` (fsync, rename, fsync directory), lets the injected sink commit its
+index row, and only then is Success sent.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import shutil
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import pynetdicom.dimse_messages
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import ThreadedAssociationServer
 
 from config import SCPSettings
-from scp import policy as assoc_policy
-from scp import tuning
+from scp import upper_layer as ul
+from scp.policy import AssociationPolicy
 from scp.sink import InstanceSink, ReceivedInstance, Refusal
 from scp.sop_classes import (
     CT_STORAGE,
@@ -57,72 +54,26 @@ from scp.validation import (
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+_MAX_CONTROL_PDU = 1 << 20
+_STOP_GRACE = 10.0
 
 # The attributes validation and the index use: parsing only these is a third of the cost
 # of parsing a whole CT header.
 HEADER_TAGS: list[str] = [
-    "SpecificCharacterSet",
-    "ImageType",
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "Modality",
-    "StudyDescription",
-    "SeriesDescription",
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "BodyPartExamined",
-    "SliceThickness",
-    "ConvolutionKernel",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "FrameOfReferenceUID",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
+    "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate",
+    "StudyTime", "AccessionNumber", "Modality", "StudyDescription", "SeriesDescription",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "BodyPartExamined", "SliceThickness", "ConvolutionKernel", "StudyInstanceUID",
+    "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "ImagePositionPatient",
+    "ImageOrientationPatient", "FrameOfReferenceUID", "NumberOfFrames", "Rows", "Columns",
     "PixelSpacing",
-]
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class StoreLimits:
     max_instance_bytes: int
     min_free_bytes: int
-
-
-class _NodeServer(ThreadedAssociationServer):
-    """The association server with the socket options the node needs.
-
-    SO_REUSEPORT lets several receiving processes share the port (``scp.processes``), the
-    kernel spreading connections over them; TCP_NODELAY sends each C-STORE response at once.
-    """
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[Any, Any]:
-        connection, address = super().get_request()
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection, address
-
-
-class _NodeAE(AE):
-    policy: assoc_policy.AssociationPolicy
-
-    def make_server(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["server_class"] = _NodeServer
-        return super().make_server(*args, **kwargs)
 
 
 class StorageSCP:
@@ -135,78 +86,69 @@ class StorageSCP:
         self.limits = StoreLimits(
             settings.max_instance_mb * 2**20, settings.min_free_disk_mb * 2**20
         )
-        self.policy = assoc_policy.AssociationPolicy(settings.allowed_callers)
-        self._locks = [threading.Lock() for _ in range(64)]
-        self._server: ThreadedAssociationServer | None = None
-        self.ae = self._build_ae()
-
-    def _build_ae(self) -> AE:
-        s = self.settings
-        ae = _NodeAE(ae_title=s.ae_title)
-        ae.policy = self.policy
-        ae.require_called_aet = s.require_called_ae_title
-        ae.maximum_associations = s.max_associations
-        ae.acse_timeout = s.acse_timeout
-        ae.dimse_timeout = s.dimse_timeout
-        ae.network_timeout = s.network_timeout
-        ae.maximum_pdu_size = s.max_pdu_size
-        ae.add_supported_context(VERIFICATION)
+        self.policy = AssociationPolicy(settings.allowed_callers)
         storage = sorted(CT_STORAGE)
-        if s.other_storage == "discard":
+        if settings.other_storage == "discard":
             storage += other_storage_classes()
-        for sop_class in storage:
-            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        return ae
+        self.supported: dict[str, tuple[str, ...]] = {uid: TRANSFER_SYNTAXES for uid in storage}
+        self.supported[VERIFICATION] = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+        self._locks = [threading.Lock() for _ in range(64)]
+        self._slots = threading.BoundedSemaphore(max(1, settings.max_associations))
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._sessions: set[threading.Thread] = set()
+        self._sessions_lock = threading.Lock()
+        self._tls = self._ssl_context()
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._listener is not None
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0: any free port)."""
-        if self._server is None:
+        if self._listener is None:
             raise RuntimeError("the SCP is not running")
-        return int(self._server.server_address[1])
+        return int(self._listener.getsockname()[1])
 
     def start(self) -> None:
-        """Start listening in background threads."""
-        assoc_policy.install()
-        tuning.fast_context_copy()
-        _route_receive_temp_files(self.spool.tmp_dir)
-        _config.STORE_RECV_CHUNKED_DATASET = True
+        """Listen and accept in a background thread.
+
+        SO_REUSEPORT lets several receiving processes share the port (``scp.processes``),
+        the kernel spreading connections over them.
+        """
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind((self.settings.host, self.settings.port))
+        listener.listen(64)
+        listener.settimeout(0.5)
+        self._listener = listener
+        self._stopping.clear()
+        threading.Thread(
+            target=self._accept_loop, args=(listener,), name="scp-accept", daemon=True
+        ).start()
         if self.policy.is_open:
             log.warning("no allowed_callers configured: accepting associations from any AE title")
-        handlers: list[Any] = [
-            (evt.EVT_C_ECHO, self._handle_echo),
-            (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_RELEASED, self._on_released),
-            (evt.EVT_CONN_CLOSE, self._on_conn_close),
-        ]
-        server = self.ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=self._ssl_context(),
-        )
-        self._server = server
         log.info(
             "storage SCP %s listening on %s:%d%s",
             self.settings.ae_title,
             self.settings.host,
             self.port,
-            " (TLS)" if self.settings.tls.enabled else "",
+            " (TLS)" if self._tls else "",
         )
 
     def stop(self) -> None:
-        """Stop accepting, let nothing new start, and close the listener."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop accepting; associations in progress get a grace period to finish."""
+        listener, self._listener = self._listener, None
+        self._stopping.set()
+        if listener is not None:
+            listener.close()
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.join(_STOP_GRACE)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.settings.tls
@@ -224,76 +166,97 @@ class StorageSCP:
             raise ValueError("scp.tls.require_client_certificate needs scp.tls.ca_certificates")
         return context
 
-    # -- events ---------------------------------------------------------------------------
+    # -- connections ----------------------------------------------------------------------
 
-    def _on_requested(self, event: evt.Event) -> None:
-        cid = secrets.token_hex(4)
-        event.assoc.ctnode_cid = cid  # type: ignore[attr-defined]
-        log.info(
-            "association requested from %s:%s",
-            event.assoc.requestor.address,
-            event.assoc.requestor.port,
-            extra={"cid": cid},
-        )
-
-    def _on_accepted(self, event: evt.Event) -> None:
-        log.info(
-            "association accepted: calling AE %s",
-            event.assoc.requestor.ae_title,
-            extra={"cid": _cid(event)},
-        )
-
-    def _on_rejected(self, event: evt.Event) -> None:
-        log.warning(
-            "association from %s rejected",
-            event.assoc.requestor.ae_title,
-            extra={"cid": _cid(event)},
-        )
-
-    def _on_aborted(self, event: evt.Event) -> None:
-        log.warning("association aborted", extra={"cid": _cid(event)})
-
-    def _on_released(self, event: evt.Event) -> None:
-        log.info("association released", extra={"cid": _cid(event)})
-
-    def _on_conn_close(self, event: evt.Event) -> None:
-        """Remove the temp file of a data set the peer never finished sending."""
-        message = getattr(event.assoc.dimse, "message", None)
-        partial = getattr(message, "_data_set_file", None)
-        if partial is not None:
-            partial.close()
-            Path(partial.name).unlink(missing_ok=True)
-            log.warning(
-                "connection closed mid-transfer: partial instance discarded",
-                extra={"cid": _cid(event)},
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, address = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(
+                target=self._serve, args=(conn, address[0]), name="scp-association", daemon=True
             )
+            with self._sessions_lock:
+                self._sessions.add(thread)
+            thread.start()
 
-    def _handle_echo(self, event: evt.Event) -> int:
-        return SUCCESS
-
-    def _handle_store(self, event: evt.Event) -> int:
-        cid = _cid(event)
-        request = event.request
-        assert isinstance(request, C_STORE)
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
-        calling = str(event.assoc.requestor.ae_title)
-        temp = Path(event.dataset_path)
+    def _serve(self, conn: socket.socket, address: str) -> None:
+        cid = secrets.token_hex(4)
+        extra = {"cid": cid}
         try:
-            status = self._store(temp, sop_class, sop_instance, calling, event, cid)
+            conn.settimeout(self.settings.acse_timeout)
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            log.info("association requested from %s", address, extra=extra)
+            kind, body = _read_pdu(conn, bytearray(), _MAX_CONTROL_PDU)
+            if kind != ul.ASSOCIATE_RQ:
+                raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
+            request = ul.parse_associate_rq(bytes(body))
+            rejection = self._rejection(request, address)
+            if rejection is None and not self._slots.acquire(blocking=False):
+                rejection = (2, 3, 2)  # transient, local limit exceeded
+            if rejection is not None:
+                conn.sendall(ul.associate_rj(*rejection))
+                log.warning(
+                    "association from %s rejected (%s)",
+                    request.calling_ae,
+                    "/".join(map(str, rejection)),
+                    extra=extra,
+                )
+                return
+            try:
+                results = ul.negotiate(request.contexts, self.supported)
+                conn.sendall(ul.associate_ac(request, results, self.settings.max_pdu_size))
+                log.info("association accepted: calling AE %s", request.calling_ae, extra=extra)
+                conn.settimeout(self.settings.network_timeout or None)
+                Session(self, conn, request, results, cid).run()
+            finally:
+                self._slots.release()
+        except (ul.ProtocolError, struct.error) as exc:
+            log.warning("protocol error, association aborted: %s", exc, extra=extra)
+            _send_quietly(conn, ul.abort(2, 0))
+        except TimeoutError:
+            log.warning("network timeout: association aborted", extra=extra)
+            _send_quietly(conn, ul.abort(2, 0))
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("connection lost: %s", exc, extra=extra)
         finally:
-            temp.unlink(missing_ok=True)
-        return status
+            conn.close()
+            with self._sessions_lock:
+                self._sessions.discard(threading.current_thread())
 
-    def _store(
+    def _rejection(self, request: ul.AssociateRequest, address: str) -> tuple[int, int, int] | None:
+        """Why an association is refused (PS3.8 9.3.4 result, source, reason), or None."""
+        if not request.protocol_version & 1:
+            return (1, 2, 2)
+        if request.application_context != ul.APPLICATION_CONTEXT:
+            return (1, 1, 2)
+        if (
+            self.settings.require_called_ae_title
+            and request.called_ae != self.settings.ae_title.strip()
+        ):
+            return (1, 1, 7)
+        if not self.policy.allows(request.calling_ae, address):
+            log.warning("calling AE title %s not allowed from %s", request.calling_ae, address)
+            return (1, 1, 3)
+        return None
+
+    # -- storing --------------------------------------------------------------------------
+
+    def store(
         self,
         temp: Path,
         sop_class: str,
         sop_instance: str,
         calling: str,
-        event: evt.Event,
+        transfer_syntax: str,
         cid: str,
     ) -> int:
+        """Check a received instance and make it durable; the DIMSE status to answer."""
         if not is_ct(sop_class):
             self.sink.refused(Refusal("discarded", SUCCESS, "not_ct", sop_class, calling))
             log.info(
@@ -303,7 +266,6 @@ class StorageSCP:
                 extra={"cid": cid},
             )
             return SUCCESS
-
         free = shutil.disk_usage(self.spool.root).free
         size = temp.stat().st_size
         rejection = check_free_space(free, self.limits.min_free_bytes) or check_size(
@@ -311,7 +273,6 @@ class StorageSCP:
         )
         if rejection:
             return self._refuse(rejection, sop_class, sop_instance, calling, cid)
-
         try:
             header = dcmread(temp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
             identity = check_identity(header, sop_class, sop_instance)
@@ -337,10 +298,9 @@ class StorageSCP:
                 uid_hash(sop_instance),
                 extra={"cid": cid},
             )
-
         sha256 = _sha256_from(temp, meta_end)
         with self._locks[int(name_hash(sop_instance)[:8], 16) % len(self._locks)]:
-            return self._commit(temp, identity, header, sha256, size, calling, event, cid)
+            return self._commit(temp, identity, header, sha256, size, calling, transfer_syntax, cid)
 
     def _commit(
         self,
@@ -350,7 +310,7 @@ class StorageSCP:
         sha256: str,
         size: int,
         calling: str,
-        event: evt.Event,
+        transfer_syntax: str,
         cid: str,
     ) -> int:
         previous = self.sink.stored_copy(identity.sop_instance_uid)
@@ -372,14 +332,7 @@ class StorageSCP:
                 rejection, identity.sop_class_uid, identity.sop_instance_uid, calling, cid
             )
         received = ReceivedInstance(
-            identity=identity,
-            header=header,
-            relative_path=relative,
-            sha256=sha256,
-            size=size,
-            transfer_syntax=str(event.context.transfer_syntax),
-            calling_ae=calling,
-            replaces=previous,
+            identity, header, relative, sha256, size, transfer_syntax, calling, previous
         )
         try:
             self.sink.record(received)
@@ -426,8 +379,164 @@ class StorageSCP:
         return rejection.status
 
 
-def _cid(event: evt.Event) -> str:
-    return str(getattr(event.assoc, "ctnode_cid", "-"))
+class Session:
+    """One established association: P-DATA in, C-ECHO/C-STORE responses out."""
+
+    def __init__(
+        self,
+        scp: StorageSCP,
+        conn: socket.socket,
+        request: ul.AssociateRequest,
+        results: list[ul.ContextResult],
+        cid: str,
+    ) -> None:
+        self.scp = scp
+        self.conn = conn
+        self.request = request
+        self.accepted = {r.context_id: r for r in results if r.result == ul.ACCEPTANCE}
+        self.cid = cid
+        self.buffer = bytearray(1 << 20)
+        limit = scp.settings.max_pdu_size
+        self.max_pdu = limit + 6 if limit else 1 << 30
+        self.command_bytes = bytearray()
+        self.command: ul.Command | None = None
+        self.context: ul.ContextResult | None = None
+        self.file: BinaryIO | None = None
+        self.temp: Path | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                kind, body = _read_pdu(self.conn, self.buffer, self.max_pdu)
+                if kind == ul.P_DATA_TF:
+                    self._p_data(body)
+                elif kind == ul.RELEASE_RQ:
+                    self.conn.sendall(ul.release_rp())
+                    log.info("association released", extra={"cid": self.cid})
+                    return
+                elif kind == ul.ABORT:
+                    log.warning("association aborted by the peer", extra={"cid": self.cid})
+                    return
+                else:
+                    raise ul.ProtocolError(f"unexpected PDU type {kind:#04x}")
+        finally:
+            self._discard_partial()
+
+    def _p_data(self, body: memoryview) -> None:
+        offset, end = 0, len(body)
+        while offset < end:
+            if offset + 6 > end:
+                raise ul.ProtocolError("truncated PDV item")
+            length = struct.unpack_from(">I", body, offset)[0]
+            context_id, control = body[offset + 4], body[offset + 5]
+            fragment = body[offset + 6 : offset + 4 + length]
+            offset += 4 + length
+            if length < 2 or offset > end:
+                raise ul.ProtocolError("malformed PDV item")
+            if control & 0x01:
+                self.command_bytes += fragment
+                if control & 0x02:
+                    self._command(context_id)
+            else:
+                if self.file is None:
+                    raise ul.ProtocolError("data set fragment without a C-STORE command")
+                self.file.write(fragment)
+                if control & 0x02:
+                    self._data_set_complete()
+
+    def _command(self, context_id: int) -> None:
+        command = ul.parse_command(bytes(self.command_bytes))
+        self.command_bytes.clear()
+        context = self.accepted.get(context_id)
+        if context is None:
+            raise ul.ProtocolError(f"command on presentation context {context_id}, not accepted")
+        if command.command_field == ul.C_ECHO_RQ:
+            self.conn.sendall(ul.p_data(context_id, ul.response(command, SUCCESS)))
+        elif command.command_field == ul.C_STORE_RQ:
+            if command.data_set_type == ul.NO_DATA_SET:
+                self.conn.sendall(ul.p_data(context_id, ul.response(command, CANNOT_UNDERSTAND)))
+                return
+            self.command, self.context = command, context
+            fd, name = _mkstemp(self.scp.spool.tmp_dir)
+            self.temp = Path(name)
+            self.file = open(fd, "wb", buffering=0)  # noqa: SIM115 (closed when complete)
+            self.file.write(
+                ul.file_meta(
+                    command.affected_sop_class,
+                    command.affected_sop_instance,
+                    context.transfer_syntax,
+                    self.request.calling_ae,
+                )
+            )
+        else:
+            raise ul.ProtocolError(f"unsupported DIMSE command {command.command_field:#06x}")
+
+    def _data_set_complete(self) -> None:
+        assert self.file is not None and self.temp is not None
+        assert self.command is not None and self.context is not None
+        self.file.close()
+        self.file = None
+        temp, self.temp = self.temp, None
+        try:
+            status = self.scp.store(
+                temp,
+                self.command.affected_sop_class,
+                self.command.affected_sop_instance,
+                self.request.calling_ae,
+                self.context.transfer_syntax,
+                self.cid,
+            )
+        finally:
+            temp.unlink(missing_ok=True)
+        self.conn.sendall(ul.p_data(self.context.context_id, ul.response(self.command, status)))
+
+    def _discard_partial(self) -> None:
+        """An association that ends mid-data-set leaves nothing behind."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+            self.temp = None
+            log.warning(
+                "connection closed mid-transfer: partial instance discarded",
+                extra={"cid": self.cid},
+            )
+
+
+def _read_pdu(conn: socket.socket, buffer: bytearray, limit: int) -> tuple[int, memoryview]:
+    header = bytearray(6)
+    _recv_into(conn, memoryview(header), 6)
+    kind, length = ul.parse_header(bytes(header))
+    if length + 6 > limit:
+        raise ul.ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum")
+    if len(buffer) < length:
+        buffer.extend(bytes(length - len(buffer)))
+    view = memoryview(buffer)[:length]
+    _recv_into(conn, view, length)
+    return kind, view
+
+
+class _Closed(ConnectionError):
+    pass
+
+
+def _recv_into(conn: socket.socket, view: memoryview, n: int) -> None:
+    got = 0
+    while got < n:
+        count = conn.recv_into(view[got:], n - got)
+        if count == 0:
+            raise _Closed("peer closed the connection")
+        got += count
+
+
+def _mkstemp(folder: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=folder, suffix=".dcm")
+
+
+def _send_quietly(conn: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(data)
 
 
 def _sha256_from(path: Path, offset: int) -> str:
@@ -437,11 +546,3 @@ def _sha256_from(path: Path, offset: int) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _route_receive_temp_files(folder: Path) -> None:
-    """Make pynetdicom write received data sets into the spool's ``tmp/`` (same file system
-    as ``store/``, so placing a file is a rename, not a copy). One spool per process."""
-    pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined,assignment]
-        tempfile.NamedTemporaryFile, dir=os.fspath(folder)
-    )
