@@ -255,8 +255,10 @@ class StorageSCP:
         calling: str,
         transfer_syntax: str,
         cid: str,
+        sha256: str | None = None,
     ) -> int:
-        """Check a received instance and make it durable; the DIMSE status to answer."""
+        """Check a received instance and make it durable; the DIMSE status to answer.
+        ``sha256`` of the data set bytes when the caller hashed them as they arrived."""
         if not is_ct(sop_class):
             self.sink.refused(Refusal("discarded", SUCCESS, "not_ct", sop_class, calling))
             log.info(
@@ -298,7 +300,7 @@ class StorageSCP:
                 uid_hash(sop_instance),
                 extra={"cid": cid},
             )
-        sha256 = _sha256_from(temp, meta_end)
+        sha256 = sha256 or _sha256_from(temp, meta_end)
         with self._locks[int(name_hash(sop_instance)[:8], 16) % len(self._locks)]:
             return self._commit(temp, identity, header, sha256, size, calling, transfer_syntax, cid)
 
@@ -403,6 +405,7 @@ class Session:
         self.context: ul.ContextResult | None = None
         self.file: BinaryIO | None = None
         self.temp: Path | None = None
+        self.digest = hashlib.sha256()
 
     def run(self) -> None:
         try:
@@ -441,6 +444,7 @@ class Session:
                 if self.file is None:
                     raise ul.ProtocolError("data set fragment without a C-STORE command")
                 self.file.write(fragment)
+                self.digest.update(fragment)
                 if control & 0x02:
                     self._data_set_complete()
 
@@ -460,6 +464,7 @@ class Session:
             fd, name = _mkstemp(self.scp.spool.tmp_dir)
             self.temp = Path(name)
             self.file = open(fd, "wb", buffering=0)  # noqa: SIM115 (closed when complete)
+            self.digest = hashlib.sha256()
             self.file.write(
                 ul.file_meta(
                     command.affected_sop_class,
