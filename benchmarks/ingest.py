@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TESTDATA = REPO.parent / "shared" / "testdata"
+from benchmarks.common import TESTDATA, synthetic_series  # noqa: E402
+
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -154,29 +155,6 @@ def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processe
         )
     shutil.rmtree(data)
     return Result(seconds, rss)
-
-
-def synthetic_series(folder: Path, n: int = 500) -> list[Path]:
-    from pydicom.uid import generate_uid
-
-    from tests.factory import ct_series, write_series
-
-    study, series = generate_uid(), generate_uid()
-    paths: list[Path] = []
-    for start in range(0, n, 50):
-        chunk = ct_series(
-            min(50, n - start),
-            512,
-            512,
-            seed=f"bench{start}",
-            study_uid=study,
-            series_uid=series,
-            hu=lambda z, y, x: -1000.0 + ((x * 7 + y * 13 + z * 3) % 900),
-            origin=(-180.0, -180.0, -300.0 + 0.625 * start),
-            slice_spacing=0.625,
-        )
-        paths += write_series(chunk, folder / f"part{start:03d}")
-    return paths
 
 
 def main() -> int:

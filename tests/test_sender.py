@@ -3,9 +3,7 @@ answers whatever status a test needs, to pin down the outcome classification."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scp.sender import Destination, Outcome, classify_status, store
 from tests.factory import ct_series, write_series
-from tests.node_process import free_port, require
+from tests.node_process import free_port, require, wait_for_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -142,12 +140,7 @@ def test_delivers_stored_bytes_to_dcmtk_storescp(tmp_path: Path, files: list[Pat
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_for_port(port)
         deliveries = store(files, Destination("dcmtk", "127.0.0.1", port, "PACS"))
     finally:
         peer.terminate()
