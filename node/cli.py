@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "node.status",
     "config": "node.show_config",
     "analyze": "node.analyze",
+    "weights": "node.weights",
 }
 
 
