@@ -95,6 +95,15 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class NeuralSettings:
+    """Neural analyzers (CT-CLIP): where verified weights live and how inference runs."""
+
+    weights_dir: str = "weights"
+    cpu_threads: int = 2
+    bf16_autocast: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -102,6 +111,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    neural: NeuralSettings = field(default_factory=NeuralSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
