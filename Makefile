@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc
+# CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
+TORCH ?= torch==2.13.0
 
 .PHONY: run test test-all lint tools bench clean
 
@@ -37,6 +39,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q '$(TORCH)' || echo "note: $(TORCH) not installed: the CT-CLIP tests will skip"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -226,6 +226,15 @@ class IntakeSettings:
 
 
 @dataclass(frozen=True)
+class NeuralSettings:
+    """Neural analyzers (CT-CLIP): where verified weights live and how inference runs."""
+
+    weights_dir: str = "weights"
+    cpu_threads: int = 2
+    bf16_autocast: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -240,6 +249,7 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     intake: IntakeSettings = field(default_factory=IntakeSettings)
+    neural: NeuralSettings = field(default_factory=NeuralSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

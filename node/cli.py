@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "echo": "node.echo",
     "retry": "node.retry",
     "analyze": "node.analyze",
+    "weights": "node.weights",
 }
 
 

@@ -1,0 +1,170 @@
+"""Zero-shot and ClassFine scoring of a volume into the shared findings vocabulary.
+
+Zero-shot (CT-CLIP.md, "Zero-shot scoring"): for each of the 18 CT-RATE labels the prompts
+"{label} is present." / "{label} is not present."; logits are cosine similarity times
+exp(temperature) and a softmax over the pair gives P(present). ClassFine (CT_LiPro_v2):
+sigmoid(classifier(ReLU(image latent))). Text latents of the fixed prompts are computed once per
+checkpoint (needs the tokenizer vocabulary) and cached beside the weights under its sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from inference.ctclip.model import CTCLIP, ClassFine
+from inference.ctclip.preprocess import preprocess
+from inference.findings import CT_RATE_LABELS, AnalyzerResult, Code, Finding
+from inference.volume import Volume
+
+log = logging.getLogger(__name__)
+
+PRIVATE_SCHEME = "99CTNODE"
+SPECIAL = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+
+
+def prompts() -> list[str]:
+    """The 36 prompts, present/absent pairs in CT-RATE label order."""
+    out: list[str] = []
+    for label in CT_RATE_LABELS:
+        out += [f"{label} is present.", f"{label} is not present."]
+    return out
+
+
+def label_code(label: str) -> Code:
+    """A documented private code for a CT-RATE label (until a shared mapping exists)."""
+    index = CT_RATE_LABELS.index(label)
+    return Code(f"CTRATE-{index + 1:02d}", PRIVATE_SCHEME, label)
+
+
+class WordPiece:
+    """Lower-case BERT WordPiece tokenizer over a ``vocab.txt`` (one token a line)."""
+
+    def __init__(self, vocab_file: Path) -> None:
+        tokens = vocab_file.read_text(encoding="utf-8").splitlines()
+        self.vocab = {t: i for i, t in enumerate(tokens)}
+        self.cls = self.vocab.get("[CLS]", SPECIAL["[CLS]"])
+        self.sep = self.vocab.get("[SEP]", SPECIAL["[SEP]"])
+        self.unk = self.vocab.get("[UNK]", SPECIAL["[UNK]"])
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        """Lower-cased, accent-stripped words and punctuation (BERT's basic tokenizer)."""
+        text = unicodedata.normalize("NFD", text.lower())
+        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+        return re.findall(r"\w+|[^\w\s]", text)
+
+    def _pieces(self, word: str) -> list[int]:
+        ids, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    ids.append(self.vocab[piece])
+                    break
+                end -= 1
+            if end == start:
+                return [self.unk]
+            start = end
+        return ids
+
+    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """``input_ids`` and ``attention_mask`` (n, longest), padded with 0."""
+        seqs = [
+            [self.cls, *[i for w in self.words(t) for i in self._pieces(w)], self.sep]
+            for t in texts
+        ]
+        n = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), n, dtype=torch.long)
+        mask = torch.zeros(len(seqs), n, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return ids, mask
+
+
+def text_cache_path(weights: Path, sha256: str) -> Path:
+    """Where the prompt latents of a checkpoint live: beside it, keyed by its hash."""
+    return weights.with_name(f"{weights.stem}.text-latents.{sha256[:16]}.pt")
+
+
+def text_latents(model: CTCLIP, weights: Path, sha256: str, vocab: Path | None) -> Tensor:
+    """The (36, latent) prompt latents: cached, else computed (needs ``vocab``) and cached."""
+    cache = text_cache_path(weights, sha256)
+    if cache.is_file():
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if stored.get("sha256") == sha256 and stored.get("prompts") == prompts():
+            return stored["latents"]  # type: ignore[no-any-return]
+        log.warning("text latent cache %s does not match the checkpoint; recomputing", cache.name)
+    if vocab is None or not vocab.is_file():
+        raise FileNotFoundError(
+            f"no cached prompt latents for {weights.name} and no tokenizer vocabulary"
+        )
+    ids, mask = WordPiece(vocab).encode(prompts())
+    with torch.no_grad():
+        latents = model.text_latents(ids, mask).float().cpu()
+    torch.save({"sha256": sha256, "prompts": prompts(), "latents": latents}, cache)
+    return latents
+
+
+def pick_device(threads: int) -> torch.device:
+    """CUDA when present, else CPU limited to ``threads`` intra-op threads."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(max(1, threads))
+    return torch.device("cpu")
+
+
+@dataclass
+class CTCLIPScorer:
+    """A resident model that turns volumes into 18 probabilities (zero-shot or ClassFine)."""
+
+    model: CTCLIP | ClassFine
+    name: str
+    version: str
+    device: torch.device
+    prompt_latents: Tensor | None = None
+    autocast_bf16: bool = True
+
+    def __post_init__(self) -> None:
+        self.model = self.model.to(self.device).eval()
+        if isinstance(self.model, CTCLIP) and self.prompt_latents is None:
+            raise ValueError("zero-shot scoring needs the prompt latents")
+
+    def probabilities_from_input(self, x: Tensor) -> Tensor:
+        """(18,) probabilities from a preprocessed (1, D, H, W) input."""
+        batch = x[None].to(self.device)
+        use_bf16 = self.device.type == "cuda" and self.autocast_bf16
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
+            if isinstance(self.model, ClassFine):
+                return self.model.probabilities(batch)[0].float().cpu()
+            image = self.model.image_latents(batch).float()
+            assert self.prompt_latents is not None
+            text = self.prompt_latents.to(self.device)
+            logits = self.model.logits(text, image)[:, 0].float().reshape(-1, 2)
+            return logits.softmax(dim=-1)[:, 0].cpu()
+
+    def analyze(self, volume: Volume) -> AnalyzerResult:
+        """Score ``volume``; findings carry P(present), features are ``ctclip.<label>``."""
+        probs = self.probabilities_from_input(preprocess(volume)).tolist()
+        return to_result(probs, self.name, self.version)
+
+
+def to_result(probs: list[float], name: str, version: str) -> AnalyzerResult:
+    """Findings of the shared vocabulary and the fusion features from 18 probabilities."""
+    if len(probs) != len(CT_RATE_LABELS):
+        raise ValueError(f"expected {len(CT_RATE_LABELS)} probabilities, got {len(probs)}")
+    clipped = [min(1.0, max(0.0, float(p))) for p in probs]
+    findings = tuple(
+        Finding(label, label_code(label), name, score=p, calibrated=False, present=p >= 0.5)
+        for label, p in zip(CT_RATE_LABELS, clipped, strict=True)
+    )
+    features = {f"ctclip.{label}": p for label, p in zip(CT_RATE_LABELS, clipped, strict=True)}
+    return AnalyzerResult(name, version, findings=findings, features=features)

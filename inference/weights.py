@@ -1,0 +1,194 @@
+"""The weights store: ``weights/manifest.toml``, sha256 verification, import and fetch.
+
+Nothing here runs at analysis time except :func:`status`, which verifies files (hashes cached by
+size and mtime in ``.sha256-cache.json`` beside the weights, so a 1.8 GB checkpoint is hashed
+once). :func:`fetch` is only called by ``ctnode weights fetch``: the node never downloads at run
+time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tomllib
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 << 20
+CACHE_NAME = ".sha256-cache.json"
+State = Literal["present", "missing", "corrupt"]
+
+
+class WeightsError(ValueError):
+    """A manifest, file or download problem; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``[[models]]`` table of the manifest."""
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    size: int
+    licence: str
+    source: str
+    analyzer: str
+
+
+FIELDS = ("name", "version", "file", "sha256", "size", "licence", "source", "analyzer")
+
+
+def read_manifest(path: Path) -> list[ModelEntry]:
+    """Parse and validate the manifest; file names must be plain names inside the store."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise WeightsError("bad-manifest", f"{path}: {exc}") from exc
+    entries: list[ModelEntry] = []
+    for i, table in enumerate(raw.get("models", [])):
+        missing = [f for f in FIELDS if f not in table]
+        if missing:
+            raise WeightsError("bad-manifest", f"model #{i + 1} lacks {', '.join(missing)}")
+        entry = ModelEntry(**{f: table[f] for f in FIELDS})
+        if Path(entry.file).name != entry.file or entry.file in ("", ".", ".."):
+            raise WeightsError("bad-manifest", f"{entry.name}: file must be a plain name")
+        if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
+            raise WeightsError("bad-manifest", f"{entry.name}: sha256 must be 64 lower-case hex")
+        entries.append(entry)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise WeightsError("bad-manifest", "model names must be unique")
+    return entries
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 8 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return digest.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of ``path``, reusing the store's cache while size and mtime are unchanged."""
+    cache_file = path.parent / CACHE_NAME
+    st = path.stat()
+    key = f"{st.st_size}:{st.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(path.name)
+    if isinstance(hit, dict) and hit.get("key") == key:
+        return str(hit["sha256"])
+    digest = sha256_file(path)
+    cache[path.name] = {"key": key, "sha256": digest}
+    tmp = cache_file.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, cache_file)
+    except OSError as exc:
+        log.warning("cannot write the hash cache: %s", exc)
+    return digest
+
+
+def status(store: Path, entry: ModelEntry) -> tuple[State, str]:
+    """``present``, ``missing`` or ``corrupt`` with a sentence saying why."""
+    path = store / entry.file
+    if not path.is_file():
+        return "missing", f"{entry.file} is not in {store}"
+    size = path.stat().st_size
+    if size != entry.size:
+        return "corrupt", f"{entry.file} has {size} bytes, the manifest says {entry.size}"
+    digest = cached_sha256(path)
+    if digest != entry.sha256:
+        return "corrupt", f"{entry.file} sha256 {digest[:12]}... != {entry.sha256[:12]}..."
+    return "present", f"{entry.file} verified"
+
+
+def find(entries: list[ModelEntry], name: str) -> ModelEntry:
+    """The entry called ``name``, or a clear error listing the known names."""
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries) or "none"
+    raise WeightsError("unknown-model", f"{name!r} is not in the manifest (known: {known})")
+
+
+def import_file(store: Path, entry: ModelEntry, source: Path) -> Path:
+    """Verify a file a site obtained and copy it into the store (atomic rename)."""
+    if not source.is_file():
+        raise WeightsError("no-file", f"{source} does not exist")
+    if source.stat().st_size != entry.size:
+        raise WeightsError("size-mismatch", f"{source.name} is not {entry.size} bytes")
+    digest = sha256_file(source)
+    if digest != entry.sha256:
+        raise WeightsError("hash-mismatch", f"{source.name} sha256 {digest} != {entry.sha256}")
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / entry.file
+    part = store / (entry.file + ".importing")
+    shutil.copyfile(source, part)
+    os.replace(part, target)
+    cached_sha256(target)
+    return target
+
+
+def fetch(
+    store: Path,
+    entry: ModelEntry,
+    token: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``entry.source`` with resume (HTTP Range on ``<file>.part``) and verify sha256."""
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / entry.file
+    part = store / (entry.file + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    if have > entry.size:
+        part.unlink()
+        have = 0
+    if have < entry.size:
+        request = urllib.request.Request(entry.source)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except OSError as exc:
+            raise WeightsError("download-failed", f"{entry.name}: {exc}") from exc
+        with response:
+            if have and response.status != 206:
+                have = 0
+            with part.open("ab" if have else "wb") as fh:
+                done = have
+                while chunk := response.read(1 << 20):
+                    fh.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, entry.size)
+    digest = sha256_file(part)
+    if digest != entry.sha256:
+        part.unlink()
+        raise WeightsError("hash-mismatch", f"{entry.name}: downloaded sha256 {digest} is wrong")
+    os.replace(part, target)
+    cached_sha256(target)
+    return target
