@@ -1,1 +1,54 @@
-"""Findings and source datasets -> DICOM SR (TID 1500), secondary captures and legacy JSON."""
+"""Findings and source datasets -> DICOM SR (TID 1500), secondary captures and legacy JSON.
+
+``write_outputs`` is the single entry point the CLI and the node call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from inference.findings import Analysis
+from inference.volume import Volume
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Paths written for one analysed series."""
+
+    sr: Path
+    json: Path
+    sc: tuple[Path, ...] = ()
+
+
+def write_outputs(
+    analysis: Analysis,
+    volume: Volume,
+    sources: Sequence[Dataset],
+    out_dir: Path,
+    *,
+    selection_reason: str = "",
+    time_of_processing: float = 0.0,
+) -> OutputFiles:
+    """Write ``report.sr.dcm`` and ``result.json`` into ``out_dir`` (created if needed)."""
+    from reporting import legacy_json
+    from reporting.sr import build_sr
+
+    del selection_reason  # used by the secondary-capture summary page (not yet built)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sr = build_sr(analysis, volume, sources)
+    sr_path = out_dir / "report.sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
+    result = legacy_json.success(
+        analysis,
+        time_of_processing=time_of_processing,
+        report_uids={"sr": str(sr.SOPInstanceUID)},
+    )
+    json_path = legacy_json.write(result, out_dir / "result.json")
+    return OutputFiles(sr=sr_path, json=json_path)
+
+
+__all__ = ["OutputFiles", "write_outputs"]

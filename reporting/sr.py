@@ -109,7 +109,9 @@ def measurement_group(
     )
     alg = algorithm_id(result)
     qualitative = [
-        QualitativeEvaluation(name=_concept(finding.code), value=PRESENT if finding.present else ABSENT)
+        QualitativeEvaluation(
+            name=_concept(finding.code), value=PRESENT if finding.present else ABSENT
+        )
     ]
     common = dict(
         tracking_identifier=tracking,
@@ -226,6 +228,11 @@ def build_sr(
         series_description="ctnode AI measurement report (unverified)",
     )
     sr.SoftwareVersions = software_version
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "ctnode local codes"
+    scheme.CodingSchemeResponsibleOrganization = "ctnode"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     charset = sources[0].get("SpecificCharacterSet")
     if charset:
         sr.SpecificCharacterSet = charset
