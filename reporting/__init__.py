@@ -33,22 +33,25 @@ def write_outputs(
     selection_reason: str = "",
     time_of_processing: float = 0.0,
 ) -> OutputFiles:
-    """Write ``report.sr.dcm`` and ``result.json`` into ``out_dir`` (created if needed)."""
+    """Write ``report.sr.dcm``, ``summary.sc.dcm`` and ``result.json`` into ``out_dir``."""
     from reporting import legacy_json
+    from reporting.sc import build_summary_sc
     from reporting.sr import build_sr
 
-    del selection_reason  # used by the secondary-capture summary page (not yet built)
     out_dir.mkdir(parents=True, exist_ok=True)
     sr = build_sr(analysis, volume, sources)
     sr_path = out_dir / "report.sr.dcm"
     sr.save_as(sr_path, enforce_file_format=True)
+    summary = build_summary_sc(analysis, volume, sources, selection_reason)
+    sc_path = out_dir / "summary.sc.dcm"
+    summary.save_as(sc_path, enforce_file_format=True)
     result = legacy_json.success(
         analysis,
         time_of_processing=time_of_processing,
-        report_uids={"sr": str(sr.SOPInstanceUID)},
+        report_uids={"sr": str(sr.SOPInstanceUID), "sc": [str(summary.SOPInstanceUID)]},
     )
     json_path = legacy_json.write(result, out_dir / "result.json")
-    return OutputFiles(sr=sr_path, json=json_path)
+    return OutputFiles(sr=sr_path, json=json_path, sc=(sc_path,))
 
 
 __all__ = ["OutputFiles", "write_outputs"]

@@ -1,0 +1,34 @@
+"""Summary Secondary Capture: dciodvfy-clean, pixels carry text and the alert colour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+from inference.loading import load_series
+from reporting.sc import build_summary_sc
+from tests.factory import ct_series, write_series
+from tests.reporting_factory import make_analysis
+from tests.test_sr import dciodvfy, dciodvfy_warnings
+
+
+def test_summary_sc(tmp_path: Path) -> None:
+    paths = write_series(ct_series(rows=16, columns=16), tmp_path / "src")
+    volume = load_series(paths)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    sc = build_summary_sc(make_analysis(volume), volume, sources, "largest thin-slice lung series")
+    out = tmp_path / "summary.sc.dcm"
+    sc.save_as(out)
+    assert dciodvfy(out) == []
+    # Accepted warning: empty Laterality (see reporting/sc.py); absent would be an error.
+    assert [w for w in dciodvfy_warnings(out) if "<Laterality>" not in w] == []
+    back = pydicom.dcmread(out)
+    assert back.BurnedInAnnotation == "YES"
+    assert back.StudyInstanceUID == volume.study_uid
+    pixels = back.pixel_array
+    assert pixels.shape == (1024, 1024, 3)
+    text = (pixels.max(axis=2) > 128).mean(axis=1)
+    assert (text[:200] > 0).sum() > 20
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 120) & (pixels[..., 2] < 100)
+    assert red.sum() > 200
