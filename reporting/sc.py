@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from inference.findings import Analysis
 from inference.volume import Volume
-from reporting.render import summary_page
+from reporting.render import lung_histogram, summary_page
 from reporting.sr import _with_type2_attributes, analyzer_versions
 from reporting.uids import output_uid
 
@@ -61,5 +61,7 @@ def build_summary_sc(
     """The summary page as a Secondary Capture in the source study."""
     ref = _with_type2_attributes(sources)[0]
     label = f"{ref.get('SeriesDescription', '') or 'series'} ({len(volume.slices)} images)"
-    pixels = summary_page(analysis, selection_reason, label)
+    lungs = [analysis.masks[k] for k in ("lung_left", "lung_right") if k in analysis.masks]
+    lung = np.logical_or.reduce(lungs) if lungs else None
+    pixels = summary_page(analysis, selection_reason, label, lung_histogram(volume.voxels, lung))
     return _sc(pixels, ref, analysis, volume, "sc-summary", 1)

@@ -32,3 +32,6 @@ def test_summary_sc(tmp_path: Path) -> None:
     assert (text[:200] > 0).sum() > 20
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 120) & (pixels[..., 2] < 100)
     assert red.sum() > 200
+    # The synthetic lung is -1000 HU, so the histogram's emphysema-range (blue) bar is drawn.
+    blue = (pixels[..., 2] > 200) & (pixels[..., 0] < 120) & (pixels[..., 1] > 120)
+    assert blue[500:800].sum() > 1000
