@@ -33,9 +33,9 @@ def write_outputs(
     selection_reason: str = "",
     time_of_processing: float = 0.0,
 ) -> OutputFiles:
-    """Write ``report.sr.dcm``, ``summary.sc.dcm`` and ``result.json`` into ``out_dir``."""
+    """Write ``report.sr.dcm``, ``summary.sc.dcm``, ``key-N.sc.dcm``, ``result.json``."""
     from reporting import legacy_json
-    from reporting.sc import build_summary_sc
+    from reporting.sc import build_key_image_scs, build_summary_sc
     from reporting.sr import build_sr
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,13 +45,20 @@ def write_outputs(
     summary = build_summary_sc(analysis, volume, sources, selection_reason)
     sc_path = out_dir / "summary.sc.dcm"
     summary.save_as(sc_path, enforce_file_format=True)
+    sc_paths = [sc_path]
+    sc_uids = [str(summary.SOPInstanceUID)]
+    for i, key in enumerate(build_key_image_scs(analysis, volume, sources), start=1):
+        key_path = out_dir / f"key-{i}.sc.dcm"
+        key.save_as(key_path, enforce_file_format=True)
+        sc_paths.append(key_path)
+        sc_uids.append(str(key.SOPInstanceUID))
     result = legacy_json.success(
         analysis,
         time_of_processing=time_of_processing,
-        report_uids={"sr": str(sr.SOPInstanceUID), "sc": [str(summary.SOPInstanceUID)]},
+        report_uids={"sr": str(sr.SOPInstanceUID), "sc": sc_uids},
     )
     json_path = legacy_json.write(result, out_dir / "result.json")
-    return OutputFiles(sr=sr_path, json=json_path, sc=(sc_path,))
+    return OutputFiles(sr=sr_path, json=json_path, sc=tuple(sc_paths))
 
 
 __all__ = ["OutputFiles", "write_outputs"]

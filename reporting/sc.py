@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from inference.findings import Analysis
 from inference.volume import Volume
+from reporting.keyimage import key_image, key_slices
 from reporting.render import lung_histogram, summary_page
 from reporting.sr import _with_type2_attributes, analyzer_versions
 from reporting.uids import output_uid
@@ -65,3 +66,14 @@ def build_summary_sc(
     lung = np.logical_or.reduce(lungs) if lungs else None
     pixels = summary_page(analysis, selection_reason, label, lung_histogram(volume.voxels, lung))
     return _sc(pixels, ref, analysis, volume, "sc-summary", 1)
+
+
+def build_key_image_scs(
+    analysis: Analysis, volume: Volume, sources: Sequence[Dataset]
+) -> list[hd.sc.SCImage]:
+    """Key slices with overlays, one Secondary Capture each, in the summary's series."""
+    ref = _with_type2_attributes(sources)[0]
+    return [
+        _sc(key_image(analysis, volume, z), ref, analysis, volume, f"sc-key-{z}", 2 + i)
+        for i, z in enumerate(key_slices(analysis, volume))
+    ]

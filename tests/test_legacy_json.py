@@ -32,7 +32,10 @@ def test_write_outputs_json_and_sr(tmp_path: Path) -> None:
     assert result["analyzers"][1]["weights_sha256"] == ["ab" * 32, "cd" * 32]
     sr = pydicom.dcmread(files.sr)
     assert result["report_sop_instance_uids"]["sr"] == sr.SOPInstanceUID
-    assert result["report_sop_instance_uids"]["sc"] == [pydicom.dcmread(files.sc[0]).SOPInstanceUID]
+    assert result["report_sop_instance_uids"]["sc"] == [
+        pydicom.dcmread(p).SOPInstanceUID for p in files.sc
+    ]
+    assert len(files.sc) == 2  # summary + one key image (both present findings share a slice)
     again = write_outputs(analysis, volume, sources, tmp_path / "out2", time_of_processing=1.25)
     assert again.json.read_text(encoding="utf-8") == files.json.read_text(encoding="utf-8")
 

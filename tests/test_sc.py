@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from inference.loading import load_series
@@ -35,3 +36,30 @@ def test_summary_sc(tmp_path: Path) -> None:
     # The synthetic lung is -1000 HU, so the histogram's emphysema-range (blue) bar is drawn.
     blue = (pixels[..., 2] > 200) & (pixels[..., 0] < 120) & (pixels[..., 1] > 120)
     assert blue[500:800].sum() > 1000
+
+
+def test_key_image_sc(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from reporting.sc import build_key_image_scs
+
+    paths = write_series(ct_series(rows=64, columns=64), tmp_path / "src")
+    volume = load_series(paths)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    lung = np.zeros(volume.shape, dtype=bool)
+    lung[:, 10:54, 8:30] = True
+    emphysema = np.zeros_like(lung)
+    emphysema[:, 20:30, 12:20] = True
+    analysis = replace(make_analysis(volume), masks={"lung_right": lung, "emphysema": emphysema})
+    scs = build_key_image_scs(analysis, volume, sources)
+    assert len(scs) == 1
+    out = tmp_path / "key-1.sc.dcm"
+    scs[0].save_as(out)
+    assert dciodvfy(out) == []
+    assert [w for w in dciodvfy_warnings(out) if "<Laterality>" not in w] == []
+    pixels = pydicom.dcmread(out).pixel_array.astype(int)
+    assert pixels.std() > 10
+    green = (pixels[..., 1] > 200) & (pixels[..., 0] < 60) & (pixels[..., 2] < 60)
+    blue = (pixels[..., 2] > pixels[..., 0] + 80) & (pixels[..., 2] > 150)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    assert green.sum() > 500 and blue.sum() > 2000 and red.sum() > 200
