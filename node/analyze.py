@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("path", type=Path, help="folder, ZIP archive, DICOMDIR or DICOM file")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write report.sr.dcm, summary.sc.dcm, key images and result.json",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
     except InvalidSeries as exc:
         print(f"ctnode: nothing to analyse: {exc.code}: {exc.message}", file=sys.stderr)
         return 3
-    report = [analyse(plan, settings) for plan in plans]
+    report = []
+    for number, plan in enumerate(plans):
+        out = None
+        if args.out is not None:
+            out = args.out if len(plans) == 1 else args.out / f"study-{number + 1}"
+        report.append(analyse(plan, settings, out))
     for study in report:
         print(render(study))
     if args.json:
@@ -50,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def analyse(plan: Any, settings: Any) -> dict[str, Any]:
-    """Run the analysis on a study's chosen volume: the legacy JSON plus the decision."""
+def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]:
+    """Run the analysis on a study's chosen volume: the legacy JSON plus the decision; with
+    ``out``, also the DICOM SR and secondary captures and ``result.json`` in that folder."""
     import time
 
+    import reporting
     from inference import ensemble
     from inference.selection import LUNG
     from reporting import legacy_json
@@ -62,14 +75,39 @@ def analyse(plan: Any, settings: Any) -> dict[str, Any]:
     started = time.perf_counter()
     if plan.volume is None:
         result = legacy_json.failure(
-            f"{plan.reason_code}: {plan.reason}", 0.0, study_uid=plan.study_uid
+            plan.study_uid, "", f"{plan.reason_code}: {plan.reason}", time_of_processing=0.0
         )
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            legacy_json.write(result, out / "result.json")
     else:
         chosen = plan.chosen
         analysis = ensemble.run(
             plan.volume, sharp_kernel=bool(chosen and chosen.kernel_class == LUNG)
         )
-        result = legacy_json.success(analysis, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if out is not None:
+            reason = (
+                f"series {chosen.series_number}: {chosen.description} ({chosen.kernel}, "
+                f"{chosen.images} images), {chosen.kernel_class} kernel"
+                if chosen
+                else ""
+            )
+            files = reporting.write_outputs(
+                analysis,
+                plan.volume,
+                plan.sources,
+                out,
+                selection_reason=reason,
+                time_of_processing=seconds,
+            )
+            result = json.loads(files.json.read_text())
+        else:
+            result = legacy_json.success(analysis, time_of_processing=seconds, report_uids={})
+        decision["fusion"] = {
+            "method": analysis.fusion.method,
+            "calibrated": analysis.fusion.calibrated,
+        }
         decision["findings"] = [
             {
                 "label": f.label,
@@ -146,9 +184,11 @@ def render(result: dict[str, Any]) -> str:
         mark = "+" if f["present"] else " "
         lines.append(f" {mark} {f['label']:<14} score {f['score']:.2f}  {f['description']}")
     if result["processing_status"] == "Success":
+        fusion = study.get("fusion", {})
+        calibrated = "calibrated" if fusion.get("calibrated") else "not a calibrated probability"
         lines.append(
             f"   overall: {result['probability_of_pathology']:.2f} "
-            f"({result['fusion']['method']}, not a calibrated probability), "
+            f"({fusion.get('method', '?')}, {calibrated}), "
             f"most dangerous: {result['most_dangerous_pathology_type']}"
         )
     return "\n".join(lines)

@@ -2,22 +2,26 @@
 
 The same code as ``ctnode analyze`` (``inference.prepare`` and ``inference.ensemble``); a
 series that cannot be analysed comes back with its reason code, which the worker stores as
-the series' INVALID reason. DICOM outputs (SR, secondary captures) join here with the
-reporting package; until then the result is the legacy JSON, stored with the job.
+the series' INVALID reason. The SR and secondary captures it writes become the outbox's
+deliveries; the legacy JSON is stored with the job.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydicom import dcmread
+
+import reporting
 from config import Settings
 from inference import ensemble
 from inference.errors import InvalidSeries
 from inference.prepare import prepare_files
 from inference.selection import LUNG
-from node.worker import PipelineResult
+from node.worker import OutputObject, PipelineResult
 from reporting import legacy_json
 
 
@@ -32,14 +36,19 @@ class AnalysisPipeline:
         except InvalidSeries as exc:
             reason = f"{exc.code}: {exc.message}"
             return PipelineResult(
-                legacy_json.failure(reason, time.perf_counter() - started), invalid_reason=reason
+                legacy_json.failure(
+                    "", "", reason, time_of_processing=time.perf_counter() - started
+                ),
+                invalid_reason=reason,
             )
         plan = plans[0]
         loaded = time.perf_counter()
         if plan.volume is None:
             reason = f"{plan.reason_code}: {plan.reason}"
             return PipelineResult(
-                legacy_json.failure(reason, loaded - started, study_uid=plan.study_uid),
+                legacy_json.failure(
+                    plan.study_uid, "", reason, time_of_processing=loaded - started
+                ),
                 invalid_reason=reason,
                 timings={"load": loaded - started},
             )
@@ -47,6 +56,29 @@ class AnalysisPipeline:
         analysis = ensemble.run(
             plan.volume, sharp_kernel=bool(chosen and chosen.kernel_class == LUNG)
         )
-        done = time.perf_counter()
-        result = legacy_json.success(analysis, done - started)
-        return PipelineResult(result, timings={"load": loaded - started, "analyse": done - loaded})
+        analysed = time.perf_counter()
+        written = reporting.write_outputs(
+            analysis, plan.volume, plan.sources, out_dir, time_of_processing=analysed - started
+        )
+        reported = time.perf_counter()
+        objects = [
+            OutputObject(kind, _sop_instance_uid(path), path)
+            for kind, paths in (("sr", [written.sr]), ("sc", list(written.sc)))
+            for path in paths
+        ]
+        result = json.loads(written.json.read_text())
+        return PipelineResult(
+            result,
+            tuple(objects),
+            timings={
+                "load": loaded - started,
+                "analyse": analysed - loaded,
+                "report": reported - analysed,
+            },
+        )
+
+
+def _sop_instance_uid(path: Path) -> str:
+    return str(
+        dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+    )

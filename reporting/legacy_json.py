@@ -1,58 +1,85 @@
-"""The legacy REST result (DESIGN.md, "Outputs"): the fields existing scripts read, plus each
-analyzer's scores and, when a trained fusion ran, the top SHAP contributions."""
+"""Analysis -> the legacy REST JSON shape (DESIGN.md, "Outputs/JSON").
+
+Legacy fields, exactly: ``study_uid``, ``series_uid``, ``probability_of_pathology``,
+``pathology`` (0/1), ``most_dangerous_pathology_type``, ``processing_status``
+(``Success``/``Failure``), ``time_of_processing`` (seconds), ``error``; then
+``top_shap_features``, per-analyzer results (``analyzers``) and the SOP Instance UIDs of the
+DICOM objects written for this result (``report_sop_instance_uids``).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from inference.findings import Analysis
 
+LEGACY_FIELDS: tuple[str, ...] = (
+    "study_uid",
+    "series_uid",
+    "probability_of_pathology",
+    "pathology",
+    "most_dangerous_pathology_type",
+    "processing_status",
+    "time_of_processing",
+    "error",
+)
 
-def success(analysis: Analysis, seconds: float, **extra: Any) -> dict[str, Any]:
+
+def success(
+    analysis: Analysis,
+    *,
+    time_of_processing: float,
+    report_uids: Mapping[str, str | Sequence[str]],
+) -> dict[str, Any]:
+    """The JSON for a successful analysis; ``report_uids`` maps object kind to SOP UID(s)."""
     fusion = analysis.fusion
     return {
         "study_uid": analysis.study_uid,
         "series_uid": analysis.series_uid,
-        "probability_of_pathology": fusion.probability_of_pathology,
-        "pathology": int(fusion.pathology),
+        "probability_of_pathology": round(float(fusion.probability_of_pathology), 6),
+        "pathology": 1 if fusion.pathology else 0,
         "most_dangerous_pathology_type": fusion.most_dangerous_pathology_type,
         "processing_status": "Success",
-        "time_of_processing": round(seconds, 2),
+        "time_of_processing": round(float(time_of_processing), 3),
         "error": None,
-        "fusion": {
-            "method": fusion.method,
-            "version": fusion.version,
-            "calibrated": fusion.calibrated,
-        },
-        "analyzers": {
-            r.analyzer: {
-                "version": r.version,
-                "probabilities": {
-                    f.label: f.score
-                    for f in r.findings
-                    if f.score is not None and f.location is None
-                },
-                "calibrated": any(f.calibrated for f in r.findings),
-            }
-            for r in analysis.results
-        },
         "top_shap_features": [
-            {"feature": name, "value": value, "shap_value": shap}
+            {"feature": name, "value": value, "shap": shap}
             for name, value, shap in fusion.top_features
         ],
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **extra,
+        "analyzers": [
+            {
+                "analyzer": r.analyzer,
+                "version": r.version,
+                "weights_sha256": list(r.weights_sha256),
+                "findings": [
+                    {
+                        "label": f.label,
+                        "score": f.score,
+                        "calibrated": f.calibrated,
+                        "present": f.present,
+                        "measurements": [
+                            {"name": m.name, "value": m.value, "unit": m.unit, "region": m.region}
+                            for m in f.measurements
+                        ],
+                    }
+                    for f in r.findings
+                ],
+            }
+            for r in analysis.results
+        ],
+        "report_sop_instance_uids": {
+            k: (v if isinstance(v, str) else list(v)) for k, v in report_uids.items()
+        },
     }
 
 
 def failure(
-    error: str,
-    seconds: float,
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-    **extra: Any,
+    study_uid: str, series_uid: str, error: str, *, time_of_processing: float
 ) -> dict[str, Any]:
+    """The JSON for a failed analysis: status ``Failure``, the error, null results."""
     return {
         "study_uid": study_uid,
         "series_uid": series_uid,
@@ -60,8 +87,17 @@ def failure(
         "pathology": None,
         "most_dangerous_pathology_type": None,
         "processing_status": "Failure",
-        "time_of_processing": round(seconds, 2),
+        "time_of_processing": round(float(time_of_processing), 3),
         "error": error,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **extra,
+        "top_shap_features": None,
+        "analyzers": None,
+        "report_sop_instance_uids": None,
     }
+
+
+def write(result: Mapping[str, Any], path: Path) -> Path:
+    """Write ``result`` as UTF-8 JSON (atomically: temp file then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

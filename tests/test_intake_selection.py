@@ -212,6 +212,12 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 1000)
     bad = analyze(str(junk))
     assert bad.returncode == 2 and "not_dicom" in bad.stderr
+    out = tmp_path / "outputs"
+    with_outputs = analyze(str(testdata("chest-ct-100-lung")), "--out", str(out))
+    assert with_outputs.returncode == 0, with_outputs.stderr
+    assert {"report.sr.dcm", "summary.sc.dcm", "result.json"} <= {p.name for p in out.iterdir()}
+    written = json.loads((out / "result.json").read_text())
+    assert written["report_sop_instance_uids"]["sr"]
     few = write_series(ct_series(10, 16, 16, seed="few"), tmp_path / "few")
     short = analyze(str(few[0].parent))
     assert short.returncode == 3 and "too_few_slices" in short.stderr

@@ -1,0 +1,101 @@
+"""Key slices in lung window with overlays, rendered as RGB for Secondary Capture.
+
+Lung window W 1500 / L -600; lung contour green, emphysema blue, ground glass yellow,
+consolidation orange; nodule candidates circled with labels; 50 mm scale bar; orientation
+letters from the volume's affine (DICOM LPS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+
+from inference.findings import Analysis
+from inference.volume import Volume
+
+WINDOW, LEVEL = 1500.0, -600.0
+WIDTH = 768
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "emphysema": (60, 140, 255),
+    "ground_glass": (255, 230, 0),
+    "consolidation": (255, 120, 0),
+}
+OTHER = (255, 0, 255)
+CONTOUR = (0, 230, 0)
+LUNG_MASKS = ("lung_left", "lung_right")
+
+
+def _letter(direction: npt.NDArray[np.float64]) -> str:
+    axis = int(np.argmax(np.abs(direction)))
+    return ("LR", "PA", "HF")[axis][0 if direction[axis] > 0 else 1]
+
+
+def _edge(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
+
+
+def key_slices(analysis: Analysis, volume: Volume, limit: int = 4) -> list[int]:
+    """Key slices of present findings (in finding order, unique), else the middle slice."""
+    seen: list[int] = []
+    for f in analysis.findings:
+        z = f.key_slice
+        if f.present and z is not None and z not in seen and 0 <= z < volume.shape[0]:
+            seen.append(z)
+    return seen[:limit] or [volume.shape[0] // 2]
+
+
+def key_image(analysis: Analysis, volume: Volume, z: int) -> npt.NDArray[np.uint8]:
+    """Slice ``z`` in lung window with the overlays described in the module docstring."""
+    hu = volume.voxels[z].astype(np.float32)
+    grey = np.clip((hu - (LEVEL - WINDOW / 2)) / WINDOW * 255.0, 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    for name, mask3d in analysis.masks.items():
+        if name in LUNG_MASKS:
+            continue
+        m = mask3d[z]
+        colour = np.array(COLOURS.get(name, OTHER), dtype=np.float32)
+        rgb[m] = 0.45 * rgb[m] + 0.55 * colour
+    for name in LUNG_MASKS:
+        if name in analysis.masks:
+            rgb[_edge(analysis.masks[name][z])] = CONTOUR
+    rows, cols = grey.shape
+    _, dy, dx = volume.spacing
+    scale = WIDTH / (cols * dx)
+    size = (WIDTH, max(1, round(rows * dy * scale)))
+    image = Image.fromarray(rgb.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=24)
+    inverse = np.linalg.inv(volume.affine)
+    for f in analysis.findings:
+        if f.location is None or f.key_slice != z:
+            continue
+        x, y, _, _ = inverse @ np.array([*f.location, 1.0])
+        px, py = (x + 0.5) * dx * scale, (y + 0.5) * dy * scale
+        r = 28
+        draw.ellipse([px - r, py - r, px + r, py + r], outline=(255, 40, 40), width=3)
+        draw.text(
+            (px + r + 4, py - r), f"{f.label} {f.score or 0:.2f}", font=font, fill=(255, 40, 40)
+        )
+    bar = 50.0 * scale
+    draw.line([(20, size[1] - 30), (20 + bar, size[1] - 30)], fill=(255, 255, 255), width=4)
+    draw.text((20, size[1] - 62), "50 mm", font=font, fill=(255, 255, 255))
+    row_dir = volume.affine[:3, 0]
+    col_dir = volume.affine[:3, 1]
+    half_w, half_h = size[0] / 2, size[1] / 2
+    for letter, pos in (
+        (_letter(row_dir), (size[0] - 30, half_h)),
+        (_letter(-row_dir), (10, half_h)),
+        (_letter(col_dir), (half_w, size[1] - 34)),
+        (_letter(-col_dir), (half_w, 8)),
+    ):
+        draw.text(pos, letter, font=font, fill=(255, 255, 0))
+    draw.text(
+        (size[0] - 200, 8), f"slice {z + 1}/{volume.shape[0]}", font=font, fill=(255, 255, 255)
+    )
+    return np.asarray(image, dtype=np.uint8)

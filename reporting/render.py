@@ -1,0 +1,100 @@
+"""Rendering of the summary page as an RGB image (Pillow, scalable built-in FreeType font).
+
+The font is Pillow's ``ImageFont.load_default(size=...)`` so the product needs no system font.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+
+from inference.findings import Analysis
+
+DISCLAIMER = "Not for primary diagnosis. Results must be reviewed by a radiologist."
+PAGE = (1024, 1024)
+BACKGROUND = (0, 0, 0)
+TEXT = (235, 235, 235)
+ALERT = (255, 90, 60)
+EMPHYSEMA_BLUE = (80, 160, 255)
+
+
+def lung_histogram(
+    voxels: npt.NDArray[np.generic], lung: npt.NDArray[np.bool_] | None
+) -> npt.NDArray[np.float64]:
+    """Fractions of lung voxels in 25 HU bins from -1000 to 0 (whole volume if no lung mask)."""
+    values = voxels[lung] if lung is not None and lung.any() else voxels
+    counts, _ = np.histogram(values, bins=40, range=(-1000.0, 0.0))
+    total = counts.sum()
+    return counts / total if total else counts.astype(np.float64)
+
+
+def _draw_histogram(
+    draw: ImageDraw.ImageDraw,
+    fractions: npt.NDArray[np.float64],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    left, top, width, height = 60, 560, 880, 200
+    draw.text((40, top - 50), "Lung density histogram (HU)", font=font, fill=TEXT)
+    draw.line([(left, top + height), (left + width, top + height)], fill=TEXT, width=2)
+    peak = float(fractions.max()) or 1.0
+    bar = width / len(fractions)
+    for i, f in enumerate(fractions):
+        colour = EMPHYSEMA_BLUE if -1000 + 25 * i < -950 else (200, 200, 200)
+        h = height * float(f) / peak
+        x = left + i * bar
+        draw.rectangle([x + 1, top + height - h, x + bar - 2, top + height], fill=colour)
+    for hu in (-1000, -750, -500, -250, 0):
+        x = left + width * (hu + 1000) / 1000
+        draw.text((x - 28, top + height + 8), str(hu), font=font, fill=TEXT)
+    draw.text(
+        (left + 360, top - 50), "blue: below -950 HU (emphysema)", font=font, fill=EMPHYSEMA_BLUE
+    )
+
+
+def summary_page(
+    analysis: Analysis,
+    selection_reason: str,
+    series_label: str,
+    histogram: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.uint8]:
+    """The summary page: overall result, findings table, series analysed and why, disclaimer."""
+    image = Image.new("RGB", PAGE, BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    big = ImageFont.load_default(size=34)
+    font = ImageFont.load_default(size=22)
+    fusion = analysis.fusion
+    verdict = "PATHOLOGY SUSPECTED" if fusion.pathology else "No pathology detected"
+    draw.text((40, 30), "ctnode chest CT AI summary", font=big, fill=TEXT)
+    draw.text(
+        (40, 90),
+        f"{verdict}  ({'p' if fusion.calibrated else 'rule-based score'} = "
+        f"{fusion.probability_of_pathology:.2f}; "
+        f"most relevant: {fusion.most_dangerous_pathology_type or '-'})",
+        font=font,
+        fill=ALERT if fusion.pathology else TEXT,
+    )
+    y = 150
+    columns = (40, 330, 450)
+    for x, title in zip(columns, ("Finding", "Score", "Measurements"), strict=True):
+        draw.text((x, y), title, font=font, fill=TEXT)
+    y += 34
+    for finding in analysis.findings:
+        if y > 470:
+            break
+        colour = ALERT if finding.present else TEXT
+        score = "-" if finding.score is None else f"{finding.score:.2f}"
+        draw.text((columns[0], y), finding.label[:24], font=font, fill=colour)
+        draw.text((columns[1], y), score, font=font, fill=colour)
+        for m in finding.measurements or ():
+            draw.text(
+                (columns[2], y), f"{m.name} {m.value:.4g} {m.unit}"[:44], font=font, fill=colour
+            )
+            y += 28
+        y += 8 if finding.measurements else 36
+    if histogram is not None:
+        _draw_histogram(draw, histogram, font)
+    draw.text((40, PAGE[1] - 150), f"Series: {series_label[:80]}", font=font, fill=TEXT)
+    draw.text((40, PAGE[1] - 115), f"Why: {selection_reason[:80]}", font=font, fill=TEXT)
+    draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,79 @@
+"""Rendered pages -> Secondary Capture Image Storage (PS3.3 A.8.1) in the source study.
+
+One new series per analysed series; ``BurnedInAnnotation=YES`` since text is in the pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from inference.findings import Analysis
+from inference.volume import Volume
+from reporting.keyimage import key_image, key_slices
+from reporting.render import lung_histogram, summary_page
+from reporting.sr import _with_type2_attributes, analyzer_versions
+from reporting.uids import output_uid
+
+SC_SERIES_NUMBER = 9902
+
+
+def _sc(
+    pixels: npt.NDArray[np.uint8],
+    ref: Dataset,
+    analysis: Analysis,
+    volume: Volume,
+    kind: str,
+    instance_number: int,
+) -> hd.sc.SCImage:
+    instances = [s.sop_instance_uid for s in volume.slices]
+    versions = analyzer_versions(analysis)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=output_uid(analysis.series_uid, instances, versions, "sc-series"),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=output_uid(analysis.series_uid, instances, versions, kind),
+        instance_number=instance_number,
+        manufacturer="ctnode",
+        patient_orientation=("L", "P"),
+    )
+    sc.BurnedInAnnotation = "YES"
+    # Type 2C (General Series): dciodvfy errors when absent and warns when empty; empty is
+    # the lesser issue (the chest is unpaired) and the one accepted dciodvfy warning here.
+    sc.Laterality = ""
+    sc.SeriesDescription = "ctnode AI summary (not for primary diagnosis)"
+    charset = ref.get("SpecificCharacterSet")
+    if charset:
+        sc.SpecificCharacterSet = charset
+    return sc
+
+
+def build_summary_sc(
+    analysis: Analysis, volume: Volume, sources: Sequence[Dataset], selection_reason: str
+) -> hd.sc.SCImage:
+    """The summary page as a Secondary Capture in the source study."""
+    ref = _with_type2_attributes(sources)[0]
+    label = f"{ref.get('SeriesDescription', '') or 'series'} ({len(volume.slices)} images)"
+    lungs = [analysis.masks[k] for k in ("lung_left", "lung_right") if k in analysis.masks]
+    lung = np.logical_or.reduce(lungs) if lungs else None
+    pixels = summary_page(analysis, selection_reason, label, lung_histogram(volume.voxels, lung))
+    return _sc(pixels, ref, analysis, volume, "sc-summary", 1)
+
+
+def build_key_image_scs(
+    analysis: Analysis, volume: Volume, sources: Sequence[Dataset]
+) -> list[hd.sc.SCImage]:
+    """Key slices with overlays, one Secondary Capture each, in the summary's series."""
+    ref = _with_type2_attributes(sources)[0]
+    return [
+        _sc(key_image(analysis, volume, z), ref, analysis, volume, f"sc-key-{z}", 2 + i)
+        for i, z in enumerate(key_slices(analysis, volume))
+    ]
