@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import TESTDATA, synthetic_series  # noqa: E402
+from tests.node_process import free_port, wait_for_port  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -39,22 +39,6 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 class Result:
     seconds: float
     peak_rss_mb: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def peak_rss_mb(pids: Sequence[int]) -> float:
@@ -108,7 +92,7 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout=30.0)
         seconds = push(files, port, "STORESCP", associations)
         rss = peak_rss_mb([proc.pid])
     finally:
@@ -142,7 +126,7 @@ def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processe
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout=30.0)
         seconds = push(files, port, "CTNODE", associations)
         rss = peak_rss_mb([proc.pid, *children(proc.pid)])
     finally:
