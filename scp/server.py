@@ -212,7 +212,6 @@ class StorageSCP:
                 results = ul.negotiate(request.contexts, self.supported)
                 conn.sendall(ul.associate_ac(request, results, self.settings.max_pdu_size))
                 log.info("association accepted: calling AE %s", request.calling_ae, extra=extra)
-                conn.settimeout(self.settings.network_timeout or None)
                 Session(self, conn, request, results, cid).run()
             finally:
                 self._slots.release()
@@ -410,6 +409,7 @@ class Session:
     def run(self) -> None:
         try:
             while True:
+                self.conn.settimeout(self._timeout())
                 kind, body = _read_pdu(self.conn, self.buffer, self.max_pdu)
                 if kind == ul.P_DATA_TF:
                     self._p_data(body)
@@ -424,6 +424,13 @@ class Session:
                     raise ul.ProtocolError(f"unexpected PDU type {kind:#04x}")
         finally:
             self._discard_partial()
+
+    def _timeout(self) -> float | None:
+        """``dimse_timeout`` while a message is half received (its next fragment is due),
+        ``network_timeout`` while the association is idle between messages."""
+        settings = self.scp.settings
+        in_message = self.file is not None or bool(self.command_bytes)
+        return (settings.dimse_timeout if in_message else settings.network_timeout) or None
 
     def _p_data(self, body: memoryview) -> None:
         offset, end = 0, len(body)

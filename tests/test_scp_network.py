@@ -455,3 +455,28 @@ def test_every_transfer_syntax_is_stored_byte_exact(
         assert _after_meta(node.spool.path(row["path"])) == _after_meta(path), path.name
         seen.add(str(meta.TransferSyntaxUID))
     assert len(seen) >= 15
+
+
+def test_stalled_message_is_aborted_after_the_dimse_timeout(start_node: Any) -> None:
+    node = start_node(dimse_timeout=1.0, network_timeout=60.0)
+    ds = ct_series(1, 64, 64, seed="stall")[0]
+    assoc = associate(node)
+    context_id = assoc.accepted_contexts[0].context_id
+    assert context_id is not None
+    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert raw is not None
+    command = _c_store_command(CT, str(ds.SOPInstanceUID))
+    raw.sendall(
+        _p_data(_pdv(context_id, 0x03, command))
+        + _p_data(_pdv(context_id, 0x00, encode(ds)[:4000]))
+    )
+    started = time.monotonic()
+    deadline = started + 20
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established, "the stalled association must be aborted"
+    assert time.monotonic() - started < 10  # dimse_timeout, not the 60 s network timeout
+    deadline = time.monotonic() + 5
+    while temp_files(node) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert temp_files(node) == [] and stored_files(node) == []
