@@ -144,13 +144,12 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """The HTTP API: address, bearer token (required beyond loopback), upload cap."""
+    """The HTTP API: address and bearer token (required beyond loopback)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     token: str = ""
-    max_upload_mb: int = 2048
 
 
 @dataclass(frozen=True)

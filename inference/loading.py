@@ -162,15 +162,6 @@ _POOL: ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def shutdown_pool() -> None:
-    """Stop the decoding processes (they are started again on demand)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is not None:
-            _POOL.shutdown()
-            _POOL = None
-
-
 def _decode_file(
     path: Path, items: list[tuple[int, SliceHeader]], dtype: str
 ) -> list[tuple[int, npt.NDArray[np.generic]]]:

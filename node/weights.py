@@ -10,12 +10,15 @@ import os
 import sys
 from pathlib import Path
 
+from node.common import add_config_argument, load_settings
+
 HELP = "list, import or fetch model weights named in weights/manifest.toml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
     parser.add_argument(
-        "--store", default="weights", metavar="DIR", help="weights folder (default: weights)"
+        "--store", metavar="DIR", help="weights folder (default: [neural] weights_dir)"
     )
     parser.add_argument(
         "--manifest", metavar="FILE", help="manifest (default: STORE/manifest.toml)"
@@ -48,7 +51,7 @@ def _progress(done: int, total: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from inference import weights
 
-    store = Path(args.store)
+    store = Path(args.store or load_settings(args).neural.weights_dir)
     manifest = Path(args.manifest) if args.manifest else store / "manifest.toml"
     try:
         entries = weights.read_manifest(manifest)
