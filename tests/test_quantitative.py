@@ -153,13 +153,35 @@ def test_scores_are_monotone_and_fusion_orders_by_severity() -> None:
 
 
 @pytest.fixture(scope="module")
-def real() -> dict[str, Analysis]:
-    lung = load_series(sorted(testdata("chest-ct-100-lung").glob("*.dcm")))
-    pneumonia = load_series(sorted(testdata("chest-ct-248-pneumonia-jpegll").glob("*.dcm")))
+def volumes() -> dict[str, Volume]:
     return {
-        "normal": ensemble.run(lung, sharp_kernel=True),
-        "pneumonia": ensemble.run(pneumonia, sharp_kernel=False),
+        "normal": load_series(sorted(testdata("chest-ct-100-lung").glob("*.dcm"))),
+        "pneumonia": load_series(sorted(testdata("chest-ct-248-pneumonia-jpegll").glob("*.dcm"))),
     }
+
+
+@pytest.fixture(scope="module")
+def real(volumes: dict[str, Volume]) -> dict[str, Analysis]:
+    return {
+        "normal": ensemble.run(volumes["normal"], sharp_kernel=True),
+        "pneumonia": ensemble.run(volumes["pneumonia"], sharp_kernel=False),
+    }
+
+
+def test_real_ct_airways_leave_the_lungs(volumes: dict[str, Volume]) -> None:
+    """Trachea and main bronchi are found on both CTs (tens of mL, from the top of the
+    trachea down past the carina) and no lung voxel lies on a slice above the apices."""
+    for volume in volumes.values():
+        masks = segment(volume)
+        airway_ml = masks.airways.sum() * volume.voxel_volume_ml
+        assert 15 <= airway_ml <= 120
+        airway_z = np.flatnonzero(masks.airways.any(axis=(1, 2)))
+        assert (airway_z.max() - airway_z.min()) * volume.spacing[0] >= 80
+        assert not (masks.lungs & masks.airways).any()
+        per_slice = masks.lungs.sum(axis=(1, 2)) * volume.spacing[1] * volume.spacing[2]
+        top = int(np.flatnonzero(per_slice > 0).max())
+        # the top lung slice is an apex (a few cm^2 or more), not a stray rim of trachea
+        assert per_slice[top - 1] > 100.0  # mm^2
 
 
 def _measure(analysis: Analysis, name: str, region: str = "both lungs") -> float:
@@ -181,6 +203,11 @@ def test_real_cts_relations(real: dict[str, Analysis]) -> None:
     for label in ("Lung opacity", "Consolidation"):
         assert scores["pneumonia"][label] > scores["normal"][label] + 0.4
     assert real["pneumonia"].fusion.most_dangerous_pathology_type == "Consolidation"
+    # Both are pathological (the "mostly normal" CT has a real 2 cm nodule), but extensive
+    # measured airspace disease outranks one unconfirmed candidate.
+    fused = {k: a.fusion.probability_of_pathology for k, a in real.items()}
+    assert fused["pneumonia"] > fused["normal"]
+    assert all(a.fusion.pathology for a in real.values())
     # the sharp-kernel noise correction keeps the normal lung's emphysema index normal
     assert _measure(real["normal"], "LAA%-950") < 3.0
 

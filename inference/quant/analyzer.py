@@ -6,18 +6,24 @@ measurement, 0.5 at the stated threshold (monotone: more disease, higher score):
 
 - Emphysema: LAA%-950 (noise-corrected), threshold 6 %, width 1.5. Upper limit of normal
   5-6 % (Gevenois et al. 1996; Mets et al., Eur Radiol 2012;22:120).
-- Lung opacity: percentage of opacity (-700 to +50 HU), threshold 20 %, width 4. Above what
+- Lung opacity: percentage of opacity (-700 to +50 HU), threshold 20 %, width 2. Above what
   vessels and dependent density give in normal lungs with this range-based measure (about
-  13 % on the normal test CT); cf. Chaganti et al. 2020.
+  13-14 % on the normal test CT, score 0.05); cf. Chaganti et al. 2020. The width is narrow
+  because the normal range is narrow: 6 points above the threshold is already extensive
+  airspace disease (the pneumonia test CT: 27 %, score 0.96).
 - Consolidation: consolidation range (-300 to +50 HU), threshold 4 %, width 0.8. Normal lungs
   give 2-3 % (vessels, partial volume) with this range.
 - Lung nodule: a candidate's diameter, threshold 6 mm, width 1.5. The Fleischner Society's
-  follow-up threshold for solid nodules (MacMahon et al., Radiology 2017;284:228).
+  follow-up threshold for solid nodules (MacMahon et al., Radiology 2017;284:228). Scaled
+  by ``CANDIDATE_CONFIDENCE`` (0.9): a shape-filter candidate is not a confirmed nodule
+  (classical dot-filter CAD runs at several false positives per scan, Li et al. 2003), so
+  no candidate claims certainty, while a measured volume of diseased lung can.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +56,11 @@ class Rule:
 
 RULES = {
     "Emphysema": Rule(6.0, 1.5),
-    "Lung opacity": Rule(20.0, 4.0),
+    "Lung opacity": Rule(20.0, 2.0),
     "Consolidation": Rule(4.0, 0.8),
     "Lung nodule": Rule(6.0, 1.5),
 }
+CANDIDATE_CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,13 @@ class QuantitativeOutput:
 
 def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> QuantitativeOutput:
     masks = segment(volume)
-    density = densitometry.measure(volume, masks, sharp_kernel=sharp_kernel)
-    candidates = nodules.find(volume, masks, density.values, limit=max_nodules)
-    values = density.values
+    values = densitometry.values_for(volume, sharp_kernel=sharp_kernel)
+    # nodule search and densitometry are independent: one thread each (numpy and
+    # scipy.ndimage release the GIL), so both cores work
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        searching = pool.submit(nodules.find, volume, masks, values, limit=max_nodules)
+        density = densitometry.measure(volume, masks, sharp_kernel=sharp_kernel, values=values)
+        candidates = searching.result()
     lungs = masks.lungs
     emphysema = lungs & (values < densitometry.LAA_HU)
     ggo = lungs & (values >= densitometry.GGO_RANGE[0]) & (values < densitometry.GGO_RANGE[1])
@@ -164,14 +175,15 @@ def _nodule_findings(candidates: list[nodules.NoduleCandidate]) -> list[Finding]
         ]
     findings = []
     for number, c in enumerate(candidates, start=1):
-        score = RULES["Lung nodule"].score(c.diameter_mm)
+        size_score = RULES["Lung nodule"].score(c.diameter_mm)
+        score = CANDIDATE_CONFIDENCE * size_score
         findings.append(
             Finding(
                 label="Lung nodule",
                 code=LUNG_NODULE,
                 analyzer=NAME,
                 score=round(score, 4),
-                present=score >= 0.5,
+                present=size_score >= 0.5,
                 key_slice=c.slice_index,
                 location=c.centre,
                 measurements=(

@@ -98,11 +98,24 @@ class Densitometry:
         return self.regions["both lungs"]
 
 
-def measure(volume: Volume, masks: LungMasks, *, sharp_kernel: bool) -> Densitometry:
+def values_for(volume: Volume, *, sharp_kernel: bool) -> npt.NDArray[np.float32]:
+    """The HU values densitometry measures: the voxels, noise-filtered for a sharp kernel."""
     values = volume.voxels.astype(np.float32)
     if sharp_kernel:
         sigma = [mm / s for mm, s in zip(SMOOTH_MM, volume.spacing, strict=True)]
         values = ndimage.gaussian_filter(values, sigma=sigma, truncate=3.0)
+    return values
+
+
+def measure(
+    volume: Volume,
+    masks: LungMasks,
+    *,
+    sharp_kernel: bool,
+    values: npt.NDArray[np.float32] | None = None,
+) -> Densitometry:
+    if values is None:
+        values = values_for(volume, sharp_kernel=sharp_kernel)
     regions: dict[str, npt.NDArray[np.bool_]] = {
         "both lungs": masks.lungs,
         "left lung": masks.left,
