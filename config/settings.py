@@ -136,10 +136,12 @@ class OutboxSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Analysis workers: how many jobs run at once, and how often an idle one looks."""
+    """Analysis workers: how many jobs run at once, how often an idle one looks, and how
+    long a stop waits for a running stage before the process exits anyway."""
 
     count: int = 1
     poll: float = 1.0
+    grace: float = 30.0
 
 
 @dataclass(frozen=True)

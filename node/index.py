@@ -30,7 +30,8 @@ DB_NAME = "index.sqlite"
 
 class SeriesState(StrEnum):
     """The series life cycle (DESIGN.md): RECEIVING -> STABLE -> PROCESSING -> REPORTED
-    -> SENT, with INVALID and FAILED as ends."""
+    -> SENT, with INVALID, NOT_SELECTED (a better series of the study is analysed) and
+    FAILED as ends."""
 
     RECEIVING = "RECEIVING"
     STABLE = "STABLE"
@@ -38,6 +39,7 @@ class SeriesState(StrEnum):
     REPORTED = "REPORTED"
     SENT = "SENT"
     INVALID = "INVALID"
+    NOT_SELECTED = "NOT_SELECTED"
     FAILED = "FAILED"
 
 
@@ -408,6 +410,21 @@ class Index:
                 "(SELECT COUNT(*) FROM instances WHERE series_uid = ?), state = 'RECEIVING', "
                 "state_changed = ? WHERE series_uid = ?",
                 (series_uid, now, series_uid),
+            )
+
+    def requeue(self, job_id: int, series_uid: str, revision: int) -> None:
+        """A job stopped between stages goes back to the queue, its series to STABLE (unless
+        the series changed meanwhile: then a newer job exists and this one is superseded)."""
+        now = utc_now()
+        with self.transaction() as conn:
+            back = conn.execute(
+                "UPDATE series SET state = 'STABLE', state_changed = ? "
+                "WHERE series_uid = ? AND revision = ? AND state = 'PROCESSING'",
+                (now, series_uid, revision),
+            ).rowcount
+            conn.execute(
+                "UPDATE jobs SET state = ?, updated = ? WHERE id = ?",
+                ("queued" if back else "superseded", now, job_id),
             )
 
     def requeue_interrupted(self) -> int:

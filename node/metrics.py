@@ -17,10 +17,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from node.index import Index
+from node.index import Index, SeriesState
 
 STAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
-STATES = ("RECEIVING", "STABLE", "PROCESSING", "REPORTED", "SENT", "INVALID", "FAILED")
+STATES = tuple(SeriesState)
 
 
 class IndexCollector(Collector):

@@ -1,16 +1,21 @@
-"""The worker's pipeline: a stable series' files -> checked volume -> analysis -> result.
+"""The worker's pipeline: a study's complete series -> selection -> the job's series as a
+checked volume -> analysis -> report.
 
-The same code as ``ctnode analyze`` (``inference.prepare`` and ``inference.ensemble``); a
-series that cannot be analysed comes back with its reason code, which the worker stores as
-the series' INVALID reason. The SR and secondary captures it writes become the outbox's
-deliveries; the legacy JSON is stored with the job.
+The same code as ``ctnode analyze`` (``inference.prepare`` and ``inference.ensemble``).
+Selection runs over the whole study, so that a study sent as a lung-kernel and a soft-kernel
+reconstruction (plus a localizer and a dose report) is reported once, on the series
+selection prefers; the job's series is analysed only if it is that series. A series that
+cannot be analysed comes back with its reason code, which the worker stores as the series'
+INVALID reason. The SR and secondary captures become the outbox's deliveries; the legacy
+JSON is stored with the job. Between stages the request's checkpoint lets a stopping node
+give the job back.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from pydicom import dcmread
@@ -19,9 +24,9 @@ import reporting
 from config import Settings
 from inference import ensemble
 from inference.errors import InvalidSeries
-from inference.prepare import prepare_files
-from inference.selection import LUNG
-from node.worker import OutputObject, PipelineResult
+from inference.prepare import StudyPlan, prepare_files
+from inference.selection import LUNG, Verdict
+from node.worker import AnalysisRequest, OutputObject, PipelineResult
 from reporting import legacy_json
 
 
@@ -29,34 +34,53 @@ class AnalysisPipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def __call__(self, files: Sequence[Path], out_dir: Path) -> PipelineResult:
+    def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
         started = time.perf_counter()
+        request.checkpoint("load")
         try:
-            plans = prepare_files(files, self.settings)
+            plans = prepare_files(request.files, self.settings)
         except InvalidSeries as exc:
-            reason = f"{exc.code}: {exc.message}"
-            return PipelineResult(
-                legacy_json.failure(
-                    "", "", reason, time_of_processing=time.perf_counter() - started
-                ),
-                invalid_reason=reason,
-            )
-        plan = plans[0]
-        loaded = time.perf_counter()
-        if plan.volume is None:
-            reason = f"{plan.reason_code}: {plan.reason}"
-            return PipelineResult(
-                legacy_json.failure(
-                    plan.study_uid, "", reason, time_of_processing=loaded - started
-                ),
-                invalid_reason=reason,
-                timings={"load": loaded - started},
-            )
-        chosen = plan.chosen
-        analysis = ensemble.run(
-            plan.volume, sharp_kernel=bool(chosen and chosen.kernel_class == LUNG)
+            return _refused("", f"{exc.code}: {exc.message}", time.perf_counter() - started)
+        plan = next(
+            (p for p in plans if any(v.series_uid == request.series_uid for v in p.verdicts)),
+            plans[0],
         )
+        own = next((v for v in plan.verdicts if v.series_uid == request.series_uid), None)
+        loaded = time.perf_counter()
+        timings = {"load": loaded - started}
+        chosen = plan.chosen
+        if plan.volume is None or chosen is None:
+            reason = (
+                own.reason
+                if own is not None and not own.valid
+                else f"{plan.reason_code}: {plan.reason}"
+            )
+            return _refused(plan.study_uid, reason, loaded - started, timings)
+        if chosen.series_uid != request.series_uid:
+            if own is not None and not own.valid:
+                return _refused(plan.study_uid, own.reason, loaded - started, timings)
+            return PipelineResult(
+                {"decision": [asdict(v) for v in plan.verdicts]},
+                not_selected=f"not selected: {_describe(chosen)} is analysed instead",
+                timings=timings,
+            )
+        return self._analyse(request, plan, chosen, out_dir, started, timings)
+
+    def _analyse(
+        self,
+        request: AnalysisRequest,
+        plan: StudyPlan,
+        chosen: Verdict,
+        out_dir: Path,
+        started: float,
+        timings: dict[str, float],
+    ) -> PipelineResult:
+        assert plan.volume is not None
+        request.checkpoint("analyse")
+        begun = time.perf_counter()
+        analysis = ensemble.run(plan.volume, sharp_kernel=chosen.kernel_class == LUNG)
         analysed = time.perf_counter()
+        request.checkpoint("report")
         written = reporting.write_outputs(
             analysis, plan.volume, plan.sources, out_dir, time_of_processing=analysed - started
         )
@@ -66,16 +90,28 @@ class AnalysisPipeline:
             for kind, paths in (("sr", [written.sr]), ("sc", list(written.sc)))
             for path in paths
         ]
-        result = json.loads(written.json.read_text())
         return PipelineResult(
-            result,
+            json.loads(written.json.read_text()),
             tuple(objects),
-            timings={
-                "load": loaded - started,
-                "analyse": analysed - loaded,
-                "report": reported - analysed,
-            },
+            timings={**timings, "analyse": analysed - begun, "report": reported - analysed},
         )
+
+
+def _refused(
+    study_uid: str, reason: str, seconds: float, timings: dict[str, float] | None = None
+) -> PipelineResult:
+    return PipelineResult(
+        legacy_json.failure(study_uid, "", reason, time_of_processing=seconds),
+        invalid_reason=reason,
+        timings=timings or {},
+    )
+
+
+def _describe(verdict: Verdict) -> str:
+    return (
+        f"series {verdict.series_number} ({verdict.description or 'no description'}, "
+        f"{verdict.kernel or 'no kernel'}, {verdict.images} images)"
+    )
 
 
 def _sop_instance_uid(path: Path) -> str:

@@ -3,7 +3,9 @@
 A crash can leave temp files (interrupted receptions), placed files whose index row was never
 committed (never acknowledged, so the sender still has them), and, after disk trouble,
 index rows whose file is gone. The first two are removed; the third is dropped from the
-index with an error in the log, and its series counts as changed.
+index with an error in the log, and its series counts as changed. Jobs that were running
+when the process died are queued again (their outputs are deterministic, so a re-run
+produces the same objects, and the outbox sends each once).
 """
 
 from __future__ import annotations
@@ -44,12 +46,15 @@ def recover(index: Index, spool: Spool) -> RecoveryReport:
             )
             index.forget_instance(sop_uid, series_uid)
             missing += 1
-    report = RecoveryReport(temp, orphans, missing)
-    if temp or orphans or missing:
+    requeued = index.requeue_interrupted()
+    report = RecoveryReport(temp, orphans, missing, requeued)
+    if temp or orphans or missing or requeued:
         log.warning(
-            "recovery: %d temp files and %d unacknowledged files removed, %d indexed files missing",
+            "recovery: %d temp files and %d unacknowledged files removed, %d indexed files "
+            "missing, %d interrupted jobs queued again",
             temp,
             orphans,
             missing,
+            requeued,
         )
     return report

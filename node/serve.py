@@ -1,8 +1,10 @@
 """``ctnode serve``: the node as a long-running service.
 
 Start-up order matters: recover the data directory first, then listen, then assemble. On
-SIGTERM or SIGINT the listener closes (in-flight stores finish their handler), the
-scheduler stops between ticks, and the process exits 0.
+SIGTERM or SIGINT the listener closes (in-flight stores finish their handler), each worker
+stops between stages (its job goes back to the queue), the scheduler stops between ticks,
+and the process exits 0; a stage still running after ``worker.grace`` seconds is abandoned
+(its job is still marked running, and recovery queues it again at the next start).
 
 With ``scp.processes`` above 1 the main process starts that many minus one receiving
 processes (``serve --receiver``) that listen on the same port (SO_REUSEPORT) and write into
@@ -21,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -62,6 +65,7 @@ class Node:
     ) -> None:
         self.settings = settings
         self.receiver_only = receiver_only
+        self._stop_workers = threading.Event()
         root = settings.storage.root
         self.spool = Spool(root, fsync=settings.storage.fsync)
         self.index = Index(root)
@@ -78,7 +82,14 @@ class Node:
         self.workers = []
         if pipeline is not None:
             self.workers = [
-                Worker(self.index, self.spool.store_dir, results, pipeline, self.destinations_for)
+                Worker(
+                    self.index,
+                    self.spool.store_dir,
+                    results,
+                    pipeline,
+                    self.destinations_for,
+                    stopping=self._stop_workers.is_set,
+                )
                 for _ in range(settings.worker.count)
             ]
         self.api: ApiServer | None = None
@@ -87,7 +98,6 @@ class Node:
             checks = default_checks(settings, self.index, lambda: self.scp.running)
             context = ApiContext(settings, self.index, checks)
             self.api = ApiServer(create_app(context), settings.api.host, settings.api.port)
-        self._stop_workers = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
 
@@ -130,21 +140,32 @@ class Node:
                 target=run_forever,
                 args=(worker, self._stop_workers, self.settings.worker.poll),
                 name=f"worker-{number}",
+                daemon=True,  # a stage past the grace period must not hold the exit
             )
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Close the listener, let each worker finish the stage it is in, stop the ticks."""
+        """Close the listener, let each worker finish the stage it is in (for up to
+        ``worker.grace`` seconds), stop the ticks."""
+        self._stop_workers.set()
         self.scp.stop()
         if self.api is not None:
             self.api.stop()
-        self._stop_workers.set()
+        deadline = time.monotonic() + self.settings.worker.grace
+        abandoned = False
         for thread in self._threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+            abandoned |= thread.is_alive()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        if abandoned:
+            log.warning(
+                "a worker was still in a stage after %.0f s; its job runs again at the next start",
+                self.settings.worker.grace,
+            )
+            return  # the abandoned stage may still use the index: leave it open
         self.index.close()
 
 

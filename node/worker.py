@@ -1,6 +1,11 @@
 """The job worker: claim a queued series, run the pipeline, record the result and queue its
 delivery, all or nothing.
 
+A job is for one series, but selection is by study: the pipeline sees every complete series
+of the study and analyses the job's series only if selection picks it (otherwise the series
+ends NOT_SELECTED, naming the series preferred). So that it sees the whole study, a job waits
+while another series of its study is still receiving.
+
 A job is claimed in one transaction (job ``running``, series ``PROCESSING``, only if the
 series still has the revision the job was made for). The pipeline writes its objects into a
 private folder; they are moved under ``results/`` and, in one transaction, the result row,
@@ -8,7 +13,8 @@ the job, the series state (REPORTED or INVALID with the reason) and one outbox r
 per destination are committed. A series that changed while it was analysed keeps its new
 state: its stale result is recorded as superseded and nothing is sent. A crash at any point
 leaves the job to be claimed again after start-up recovery; output UIDs are deterministic,
-so a re-run produces the same objects.
+so a re-run produces the same objects. A stop request is honoured between the pipeline's
+stages: the job goes back to the queue and runs again at the next start.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from node.index import Index, utc_now
+from node.index import Index, SeriesState, utc_now
 from node.outbox import ResultObject, enqueue
 from scp.uids import name_hash, uid_hash
 
@@ -46,17 +52,38 @@ class PipelineResult:
 
     ``invalid_reason`` set means the series cannot be analysed (not a chest CT, too few
     slices, ...): the series becomes INVALID with that reason; ``objects`` may still hold a
-    short report saying why, when the site wants one.
+    short report saying why, when the site wants one. ``not_selected`` set means another
+    series of the study is the better one to analyse.
     """
 
     result: dict[str, Any]
     objects: tuple[OutputObject, ...] = ()
     invalid_reason: str | None = None
+    not_selected: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class Interrupted(Exception):
+    """The node is stopping: the pipeline gave up between two stages."""
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """One job's input: the series to analyse and every instance of its study's complete
+    series (for selection). ``checkpoint`` is called between stages and raises
+    ``Interrupted`` when the node is stopping."""
+
+    series_uid: str
+    files: tuple[Path, ...]
+    stopping: Callable[[], bool] = lambda: False
+
+    def checkpoint(self, stage: str) -> None:
+        if self.stopping():
+            raise Interrupted(f"stopped before {stage}")
+
+
 class Pipeline(Protocol):
-    def __call__(self, files: Sequence[Path], out_dir: Path) -> PipelineResult: ...
+    def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,7 @@ class Worker:
         destinations: Callable[[str], Sequence[str]],
         *,
         clock: Callable[[], float] = time.time,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.index = index
         self.store_root = store_root
@@ -86,12 +114,14 @@ class Worker:
         self.pipeline = pipeline
         self.destinations = destinations
         self.clock = clock
+        self.stopping = stopping
 
     def claim(self) -> Job | None:
         with self.index.transaction() as conn:
             row = conn.execute(
-                "SELECT id, series_uid, study_uid, revision FROM jobs WHERE state = 'queued' "
-                "ORDER BY id LIMIT 1"
+                "SELECT id, series_uid, study_uid, revision FROM jobs j WHERE state = 'queued' "
+                "AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = j.study_uid "
+                "AND s.state = 'RECEIVING') ORDER BY id LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -119,19 +149,26 @@ class Worker:
             job.revision,
             extra={"cid": cid},
         )
-        files = [
+        files = tuple(
             self.store_root / r["path"]
             for r in self.index.query(
-                "SELECT path FROM instances WHERE series_uid = ? ORDER BY instance_number, path",
-                (job.series_uid,),
+                "SELECT i.path FROM instances i JOIN series s ON s.series_uid = i.series_uid "
+                "WHERE s.study_uid = ? AND (s.state != 'RECEIVING' OR s.series_uid = ?) "
+                "ORDER BY i.series_uid, i.instance_number, i.path",
+                (job.study_uid, job.series_uid),
             )
-        ]
+        )
         staging = self.results_root / ".staging" / str(job.id)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         started = time.perf_counter()
         try:
-            result = self.pipeline(files, staging)
+            result = self.pipeline(AnalysisRequest(job.series_uid, files, self.stopping), staging)
+        except Interrupted as exc:
+            log.info("%s: job queued again", exc, extra={"cid": cid})
+            self.index.requeue(job.id, job.series_uid, job.revision)
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
         except Exception as exc:
             log.exception("analysis failed", extra={"cid": cid})
             self._finish(
@@ -158,8 +195,13 @@ class Worker:
                     )
                 )
         shutil.rmtree(staging, ignore_errors=True)
-        state = "INVALID" if result.invalid_reason else "REPORTED"
-        self._finish(job, state, result.invalid_reason or "", result.result, objects, timings)
+        if result.invalid_reason:
+            state, reason = SeriesState.INVALID, result.invalid_reason
+        elif result.not_selected:
+            state, reason = SeriesState.NOT_SELECTED, result.not_selected
+        else:
+            state, reason = SeriesState.REPORTED, ""
+        self._finish(job, state, reason, result.result, objects, timings)
         log.info(
             "series %s %s in %.1f s, %d objects",
             uid_hash(job.series_uid),
@@ -223,7 +265,8 @@ class Worker:
 
 
 def run_forever(worker: Worker, stop: threading.Event, poll: float = 1.0) -> None:
-    """Work until ``stop`` is set; checked between jobs, never inside one."""
+    """Work until ``stop`` is set; checked between jobs, and between a job's stages when the
+    worker was made with ``stopping=stop.is_set``."""
     while not stop.is_set():
         try:
             busy = worker.run_once()

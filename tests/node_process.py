@@ -147,3 +147,55 @@ def storescp_capture(files: list[Path], out_dir: Path) -> dict[str, Path]:
         receiver.terminate()
         receiver.wait()
     return {p.name.split(".", 1)[1]: p for p in out_dir.iterdir()}
+
+
+class Pacs:
+    """DCMTK ``storescp`` as the PACS results go to: it writes every object it receives into
+    ``folder`` (named by modality and SOP Instance UID, so a re-sent object replaces its
+    copy, as a PACS keeps one instance per UID). ``sleep_after`` holds each response back
+    that many seconds, so a test can kill the node in the middle of a delivery."""
+
+    def __init__(self, folder: Path, ae_title: str = "PACS", sleep_after: int = 0) -> None:
+        require("storescp")
+        self.folder = folder
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.sleep_after = sleep_after
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def destination(self) -> dict[str, object]:
+        return {"name": "pacs", "host": "127.0.0.1", "port": self.port, "ae_title": self.ae_title}
+
+    def start(self) -> Pacs:
+        slow = ["--sleep-after", str(self.sleep_after)] if self.sleep_after else []
+        command = ["storescp", "+B", *slow, "-aet", self.ae_title, "-od", str(self.folder)]
+        self.proc = subprocess.Popen(
+            [*command, str(self.port)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    def received(self) -> dict[str, list[Any]]:
+        """Headers of what the PACS holds, by SOP Class UID."""
+        import pydicom
+
+        result: dict[str, list[Any]] = {}
+        for path in self.folder.iterdir():
+            if path.is_file() and not path.name.startswith("."):
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
+                except Exception:  # a file storescp is still writing
+                    continue
+                result.setdefault(str(ds.SOPClassUID), []).append(ds)
+        return result

@@ -3,22 +3,22 @@ writes a real DICOM object (the real analysis pipeline is exercised end to end e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from node.index import Index
-from node.worker import OutputObject, PipelineResult, Worker
+from node.recovery import recover
+from node.worker import AnalysisRequest, OutputObject, PipelineResult, Worker
 from scp.sink import ReceivedInstance
 from scp.spool import Spool
 from scp.validation import Identity
 from tests.factory import ct_series, uid
 
 
-def receive(index: Index, spool: Spool, seed: str, n: int = 3) -> str:
-    series = ct_series(n, 8, 8, seed=seed)
+def receive(index: Index, spool: Spool, seed: str, n: int = 3, study_uid: str | None = None) -> str:
+    series = ct_series(n, 8, 8, seed=seed, study_uid=study_uid)
     for k, ds in enumerate(series):
         relative = Spool.relative_path(
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, f"{k:064x}"
@@ -40,7 +40,8 @@ class SummaryPipeline:
         self.invalid, self.fail = invalid, fail
         self.seen: list[int] = []
 
-    def __call__(self, files: Sequence[Path], out_dir: Path) -> PipelineResult:
+    def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
+        files = request.files
         self.seen.append(len(files))
         if self.fail:
             raise RuntimeError("analyzer crashed")
@@ -123,9 +124,9 @@ def test_series_changed_during_analysis_is_not_sent(env: tuple[Index, Spool, Pat
     index.mark_stable(series, 3)
 
     class LateInstance(SummaryPipeline):
-        def __call__(self, files: Sequence[Path], out_dir: Path) -> PipelineResult:
+        def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
             receive(index, spool, "w5", n=4)  # the 4th slice arrives meanwhile
-            return super().__call__(files, out_dir)
+            return super().__call__(request, out_dir)
 
     make_worker(env, LateInstance()).run_once()
     assert series_row(index)["state"] == "RECEIVING"
@@ -139,6 +140,66 @@ def test_interrupted_job_runs_again_after_recovery(env: tuple[Index, Spool, Path
     worker = make_worker(env, SummaryPipeline())
     assert worker.claim() is not None  # then the process dies
     assert series_row(index)["state"] == "PROCESSING"
-    assert index.requeue_interrupted() == 1
+    spool.tmp_dir.joinpath("partial.tmp").write_bytes(b"x")
+    assert recover(index, spool).jobs_requeued == 1
+    assert worker.run_once()
+    assert series_row(index)["state"] == "REPORTED"
+
+
+def test_a_job_waits_while_its_study_still_receives_and_sees_the_whole_study(
+    env: tuple[Index, Spool, Path],
+) -> None:
+    index, spool, _ = env
+    study = str(uid("study-two-series"))
+    first = receive(index, spool, "w7", n=3, study_uid=study)
+    receive(index, spool, "w8", n=4, study_uid=study)  # still RECEIVING
+    index.mark_stable(first, 3)
+    pipeline = SummaryPipeline()
+    worker = make_worker(env, pipeline)
+    assert worker.claim() is None
+    second = index.query("SELECT series_uid FROM series WHERE series_uid != ?", (first,))[0]
+    index.mark_stable(second["series_uid"], 4)
+    assert worker.run_once()
+    assert pipeline.seen == [7]  # both series' instances, for selection over the study
+
+
+def test_not_selected_series_is_recorded_and_sends_nothing(
+    env: tuple[Index, Spool, Path],
+) -> None:
+    index, spool, _ = env
+    index.mark_stable(receive(index, spool, "w9"), 3)
+
+    class Elsewhere(SummaryPipeline):
+        def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
+            return PipelineResult({}, not_selected="not selected: series 3 is analysed instead")
+
+    make_worker(env, Elsewhere()).run_once()
+    assert series_row(index) == {
+        "state": "NOT_SELECTED",
+        "reason": "not selected: series 3 is analysed instead",
+    }
+    assert index.query("SELECT COUNT(*) AS n FROM outbox")[0]["n"] == 0
+
+
+def test_stop_between_stages_gives_the_job_back(env: tuple[Index, Spool, Path]) -> None:
+    index, spool, results = env
+    index.mark_stable(receive(index, spool, "w10"), 3)
+    stopping = [False]
+
+    class Staged(SummaryPipeline):
+        def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
+            request.checkpoint("load")
+            stopping[0] = True  # SIGTERM arrives during the first stage
+            request.checkpoint("analyse")
+            raise AssertionError("the pipeline went on past a stop")
+
+    worker = Worker(
+        index, spool.store_dir, results, Staged(), lambda s: ["pacs"], stopping=lambda: stopping[0]
+    )
+    assert not worker.run_once()
+    assert series_row(index)["state"] == "STABLE"
+    assert index.query("SELECT state FROM jobs")[0]["state"] == "queued"
+    stopping[0] = False
+    worker.pipeline = SummaryPipeline()
     assert worker.run_once()
     assert series_row(index)["state"] == "REPORTED"
