@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,3 +52,32 @@ def in_child(script: Path, *args: str) -> dict[str, float]:
         cwd=REPO,
     )
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def peak_rss_mb(pids: Sequence[int]) -> float:
+    """Sum of VmHWM over the receiver's processes (main process and workers)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (decoding pools, receiving processes)."""
+    result = [pid]
+    for child in children(pid):
+        result += process_tree(child)
+    return result

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import TESTDATA, synthetic_series  # noqa: E402
+from benchmarks.common import TESTDATA, children, peak_rss_mb, synthetic_series  # noqa: E402
 from tests.node_process import free_port, wait_for_port  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -39,27 +39,6 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 class Result:
     seconds: float
     peak_rss_mb: float
-
-
-def peak_rss_mb(pids: Sequence[int]) -> float:
-    """Sum of VmHWM over the receiver's processes (main process and workers)."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total / 1024
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> float:

@@ -35,6 +35,7 @@ from pydicom.sr.codedict import codes
 
 from inference.findings import Analysis, AnalyzerResult, Code, Finding
 from inference.volume import Volume
+from reporting.keyimage import key_slices
 from reporting.uids import device_uid, output_uid
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,19 @@ def _with_type2_attributes(sources: Sequence[Dataset]) -> list[Dataset]:
     return [first, *sources[1:]]
 
 
+def _library(analysis: Analysis, volume: Volume, sources: Sequence[Dataset]) -> list[Dataset]:
+    """The Image Library's entries (TID 1600): the key images, those the findings point to.
+
+    Every instance of the analysed series is referenced in the evidence sequence anyway;
+    listing all of them in the library as well made the SR of a 500-slice CT take most of
+    a minute to build (highdicom builds and copies a descriptor tree per entry) for nothing
+    a viewer shows.
+    """
+    wanted = {volume.slices[z].sop_instance_uid for z in key_slices(analysis, volume)}
+    chosen = [s for s in sources if str(s.SOPInstanceUID) in wanted]
+    return chosen or list(sources[:1])
+
+
 def sr_uids(analysis: Analysis, volume: Volume) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) of the SR, derived deterministically."""
     instances = [s.sop_instance_uid for s in volume.slices]
@@ -211,7 +225,7 @@ def build_sr(
         procedure_reported=PROCEDURE_CT_CHEST,
         imaging_measurements=groups,
         language_of_content_item_and_descendants=LanguageOfContentItemAndDescendants(LANGUAGE),
-        referenced_images=list(sources),
+        referenced_images=_library(analysis, volume, sources),
     )
     series_uid, sop_uid = sr_uids(analysis, volume)
     sr = Comprehensive3DSR(

@@ -54,9 +54,20 @@ def find(
 ) -> list[NoduleCandidate]:
     factors = tuple(max(1, round(GRID_MM / s)) for s in volume.spacing)
     shape = tuple(n // f * f for n, f in zip(volume.shape, factors, strict=True))
-    hu = _block(values, factors, shape, "mean").astype(np.float32)
     lungs = _block(masks.lungs, factors, shape, "any")
+    if not lungs.any():
+        return []
     spacing = tuple(s * f for s, f in zip(volume.spacing, factors, strict=True))
+    # work in the lungs' bounding box (plus the widest filter's reach): the filters and the
+    # Hessian cost per voxel, and most of a CT's field of view is not lung
+    reach = [int(np.ceil(3 * max(SCALES_MM) / s)) + 1 for s in spacing]
+    box = tuple(
+        slice(max(0, int(i.min()) - r), int(i.max()) + r + 1)
+        for i, r in zip(np.nonzero(lungs), reach, strict=True)
+    )
+    offset = np.array([b.start for b in box])
+    lungs = lungs[box]
+    hu = _block(values, factors, shape, "mean").astype(np.float32)[box]
     interior = ndimage.distance_transform_edt(lungs, sampling=spacing) > MARGIN_MM
     dense = interior & (hu > DENSE_HU)
     if not dense.any():
@@ -88,8 +99,8 @@ def find(
             continue
         diameter = max(longest, equivalent)
         full = tuple(
-            min(int(c * f + f // 2), n - 1)
-            for c, f, n in zip((z, y, x), factors, volume.shape, strict=True)
+            min(int((c + o) * f + f // 2), n - 1)
+            for c, o, f, n in zip((z, y, x), offset, factors, volume.shape, strict=True)
         )
         found.append(
             NoduleCandidate(
