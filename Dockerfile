@@ -1,12 +1,15 @@
 # ctnode as an offline image: everything installed at build time, nothing fetched at run time.
 #   docker build -t ctnode .
 #   docker run -p 11112:11112 -v ctnode-data:/data ctnode
+# Weights a site obtained go into weights/ before the build (`ctnode weights import`); the
+# build fails if any registered file there does not match its sha256 in the manifest.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    CTNODE_STORAGE__DATA_DIR=/data
+    CTNODE_STORAGE__DATA_DIR=/data \
+    CTNODE_NEURAL__WEIGHTS_DIR=/opt/ctnode/weights
 
 WORKDIR /opt/ctnode
 COPY pyproject.toml README.md ./
@@ -16,13 +19,14 @@ COPY inference ./inference
 COPY reporting ./reporting
 COPY node ./node
 COPY weights ./weights
-RUN pip install . && ctnode config > /dev/null
+RUN pip install . && ctnode config > /dev/null && ctnode weights list
 
 RUN useradd --system --uid 10001 --home-dir /data ctnode \
     && mkdir -p /data && chown ctnode:ctnode /data
 USER ctnode
 VOLUME ["/data"]
-EXPOSE 11112
+# DICOM; HTTP too when started with CTNODE_API__HOST=0.0.0.0 and a CTNODE_API__TOKEN
+EXPOSE 11112 8000
 
 HEALTHCHECK --interval=30s --timeout=15s --start-period=20s --retries=3 \
     CMD ["ctnode", "echo", "--timeout", "10"]
