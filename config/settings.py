@@ -142,6 +142,7 @@ class WorkerSettings:
     count: int = 1
     poll: float = 1.0
     grace: float = 30.0
+    report_not_analysed: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pydicom import dcmread
@@ -55,7 +55,12 @@ class AnalysisPipeline:
                 if own is not None and not own.valid
                 else f"{plan.reason_code}: {plan.reason}"
             )
-            return _refused(plan.study_uid, reason, loaded - started, timings)
+            refused = _refused(plan.study_uid, reason, loaded - started, timings)
+            if self.settings.worker.report_not_analysed and plan.verdicts[0] == own:
+                # one job of the study (its first series') writes the page for all of them
+                page = _not_analysed_page(request, plan, reason, out_dir)
+                return replace(refused, objects=(page,))
+            return refused
         if chosen.series_uid != request.series_uid:
             if own is not None and not own.valid:
                 return _refused(plan.study_uid, own.reason, loaded - started, timings)
@@ -95,6 +100,24 @@ class AnalysisPipeline:
             tuple(objects),
             timings={**timings, "analyse": analysed - begun, "report": reported - analysed},
         )
+
+
+def _not_analysed_page(
+    request: AnalysisRequest, plan: StudyPlan, reason: str, out_dir: Path
+) -> OutputObject:
+    from node import __version__
+    from reporting.sc import build_not_analysed_sc
+
+    ref = dcmread(request.files[0], stop_before_pixels=True)
+    series = [
+        (v.series_uid, f"series {v.series_number} {v.description}".strip(), v.reason)
+        for v in plan.verdicts
+    ]
+    sc = build_not_analysed_sc(ref, reason, series, __version__)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "not-analysed.sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    return OutputObject("sc", str(sc.SOPInstanceUID), path)
 
 
 def _refused(

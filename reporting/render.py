@@ -98,3 +98,21 @@ def summary_page(
     draw.text((40, PAGE[1] - 115), f"Why: {selection_reason[:80]}", font=font, fill=TEXT)
     draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)
     return np.asarray(image, dtype=np.uint8)
+
+
+def not_analysed_page(reason: str, series: list[tuple[str, str]]) -> npt.NDArray[np.uint8]:
+    """The page a site may ask for when no series of a study could be analysed: the study's
+    reason, then each series (label, verdict), so the reader knows nothing was missed."""
+    image = Image.new("RGB", PAGE, BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    big = ImageFont.load_default(size=34)
+    font = ImageFont.load_default(size=22)
+    draw.text((40, 30), "ctnode chest CT AI: study NOT analysed", font=big, fill=ALERT)
+    draw.text((40, 90), f"Why: {reason[:76]}", font=font, fill=TEXT)
+    y = 150
+    for label, verdict in series[:20]:
+        draw.text((40, y), f"{label[:34]}", font=font, fill=TEXT)
+        draw.text((450, y), verdict[:48], font=font, fill=TEXT)
+        y += 32
+    draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)
+    return np.asarray(image, dtype=np.uint8)

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from inference.findings import Analysis
 from inference.volume import Volume
 from reporting.keyimage import key_image, key_slices
-from reporting.render import lung_histogram, summary_page
+from reporting.render import lung_histogram, not_analysed_page, summary_page
 from reporting.sr import _with_type2_attributes, analyzer_versions
 from reporting.uids import output_uid
 
@@ -32,15 +32,33 @@ def _sc(
 ) -> hd.sc.SCImage:
     instances = [s.sop_instance_uid for s in volume.slices]
     versions = analyzer_versions(analysis)
+    return _page(
+        pixels,
+        ref,
+        output_uid(analysis.series_uid, instances, versions, "sc-series"),
+        output_uid(analysis.series_uid, instances, versions, kind),
+        instance_number,
+        "ctnode AI summary (not for primary diagnosis)",
+    )
+
+
+def _page(
+    pixels: npt.NDArray[np.uint8],
+    ref: Dataset,
+    series_uid: str,
+    sop_uid: str,
+    instance_number: int,
+    description: str,
+) -> hd.sc.SCImage:
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,
         pixel_array=pixels,
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=output_uid(analysis.series_uid, instances, versions, "sc-series"),
+        series_instance_uid=series_uid,
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=output_uid(analysis.series_uid, instances, versions, kind),
+        sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer="ctnode",
         patient_orientation=("L", "P"),
@@ -49,7 +67,7 @@ def _sc(
     # Type 2C (General Series): dciodvfy errors when absent and warns when empty; empty is
     # the lesser issue (the chest is unpaired) and the one accepted dciodvfy warning here.
     sc.Laterality = ""
-    sc.SeriesDescription = "ctnode AI summary (not for primary diagnosis)"
+    sc.SeriesDescription = description
     charset = ref.get("SpecificCharacterSet")
     if charset:
         sc.SpecificCharacterSet = charset
@@ -77,3 +95,25 @@ def build_key_image_scs(
         _sc(key_image(analysis, volume, z), ref, analysis, volume, f"sc-key-{z}", 2 + i)
         for i, z in enumerate(key_slices(analysis, volume))
     ]
+
+
+def build_not_analysed_sc(
+    ref: Dataset, reason: str, series: list[tuple[str, str, str]], software_version: str
+) -> hd.sc.SCImage:
+    """One page saying why no series of the study was analysed, in the source study.
+
+    ``series`` holds (series UID, label, verdict) for every series of the study; the UIDs
+    derive from the study, its series and the software version, so a re-run (or another
+    series' job of the same study) makes the same object and the PACS keeps one copy.
+    """
+    study_uid = str(ref.StudyInstanceUID)
+    uids = [uid for uid, _, _ in series]
+    versions = [("ctnode", software_version)]
+    return _page(
+        not_analysed_page(reason, [(label, v) for _, label, v in series]),
+        _with_type2_attributes([ref])[0],
+        output_uid(study_uid, uids, versions, "not-analysed-series"),
+        output_uid(study_uid, uids, versions, "not-analysed"),
+        1,
+        "ctnode AI: study not analysed",
+    )
