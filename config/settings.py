@@ -237,6 +237,19 @@ class NeuralSettings:
 
 
 @dataclass(frozen=True)
+class FusionSettings:
+    """How the analyzers' findings become the overall result (``inference.fusion``):
+    ``pathology`` is 1 when ``probability_of_pathology`` reaches ``threshold``, and only
+    findings at or above it compete for ``most_dangerous_pathology_type``."""
+
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"fusion.threshold must be in (0, 1], not {self.threshold}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the node can be told, as one immutable value."""
 
@@ -252,6 +265,7 @@ class Settings:
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     neural: NeuralSettings = field(default_factory=NeuralSettings)
+    fusion: FusionSettings = field(default_factory=FusionSettings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

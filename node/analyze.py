@@ -68,6 +68,7 @@ def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]
 
     import reporting
     from inference import ensemble
+    from inference.fusion import RuleBasedFusion
     from inference.selection import LUNG
     from reporting import legacy_json
 
@@ -83,7 +84,9 @@ def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]
     else:
         chosen = plan.chosen
         analysis = ensemble.run(
-            plan.volume, sharp_kernel=bool(chosen and chosen.kernel_class == LUNG)
+            plan.volume,
+            sharp_kernel=bool(chosen and chosen.kernel_class == LUNG),
+            fusion=RuleBasedFusion(settings.fusion.threshold),
         )
         seconds = time.perf_counter() - started
         if out is not None:

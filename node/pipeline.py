@@ -24,6 +24,7 @@ import reporting
 from config import Settings
 from inference import ensemble
 from inference.errors import InvalidSeries
+from inference.fusion import RuleBasedFusion
 from inference.prepare import StudyPlan, prepare_files
 from inference.selection import LUNG, Verdict
 from node.worker import AnalysisRequest, OutputObject, PipelineResult
@@ -83,11 +84,20 @@ class AnalysisPipeline:
         assert plan.volume is not None
         request.checkpoint("analyse")
         begun = time.perf_counter()
-        analysis = ensemble.run(plan.volume, sharp_kernel=chosen.kernel_class == LUNG)
+        analysis = ensemble.run(
+            plan.volume,
+            sharp_kernel=chosen.kernel_class == LUNG,
+            fusion=RuleBasedFusion(self.settings.fusion.threshold),
+        )
         analysed = time.perf_counter()
         request.checkpoint("report")
         written = reporting.write_outputs(
-            analysis, plan.volume, plan.sources, out_dir, time_of_processing=analysed - started
+            analysis,
+            plan.volume,
+            plan.sources,
+            out_dir,
+            time_of_processing=analysed - started,
+            previous_reports=request.previous_reports,
         )
         reported = time.perf_counter()
         objects = [

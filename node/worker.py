@@ -70,12 +70,14 @@ class Interrupted(Exception):
 @dataclass(frozen=True)
 class AnalysisRequest:
     """One job's input: the series to analyse and every instance of its study's complete
-    series (for selection). ``checkpoint`` is called between stages and raises
+    series (for selection), and the reports (``*.sr.dcm``) earlier jobs made for the series,
+    which a new report supersedes. ``checkpoint`` is called between stages and raises
     ``Interrupted`` when the node is stopping."""
 
     series_uid: str
     files: tuple[Path, ...]
     stopping: Callable[[], bool] = lambda: False
+    previous_reports: tuple[Path, ...] = ()
 
     def checkpoint(self, stage: str) -> None:
         if self.stopping():
@@ -163,7 +165,10 @@ class Worker:
         staging.mkdir(parents=True)
         started = time.perf_counter()
         try:
-            result = self.pipeline(AnalysisRequest(job.series_uid, files, self.stopping), staging)
+            request = AnalysisRequest(
+                job.series_uid, files, self.stopping, self._previous_reports(job)
+            )
+            result = self.pipeline(request, staging)
         except Interrupted as exc:
             log.info("%s: job queued again", exc, extra={"cid": cid})
             self.index.requeue(job.id, job.series_uid, job.revision)
@@ -211,6 +216,16 @@ class Worker:
             extra={"cid": cid},
         )
         return True
+
+    def _previous_reports(self, job: Job) -> tuple[Path, ...]:
+        """SR files of this series' earlier jobs that ended REPORTED (sent or not)."""
+        rows = self.index.query(
+            "SELECT job_id FROM results WHERE series_uid = ? AND job_id < ? "
+            "AND state = 'REPORTED' ORDER BY job_id",
+            (job.series_uid, job.id),
+        )
+        folder = self.results_root / name_hash(job.series_uid)[:16]
+        return tuple(p for r in rows for p in sorted((folder / str(r["job_id"])).glob("*.sr.dcm")))
 
     def _finish(
         self,

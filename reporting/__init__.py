@@ -32,14 +32,20 @@ def write_outputs(
     *,
     selection_reason: str = "",
     time_of_processing: float = 0.0,
+    previous_reports: Sequence[Path] = (),
 ) -> OutputFiles:
-    """Write ``report.sr.dcm``, ``summary.sc.dcm``, ``key-N.sc.dcm``, ``result.json``."""
+    """Write ``report.sr.dcm``, ``summary.sc.dcm``, ``key-N.sc.dcm``, ``result.json``;
+    the SR names ``previous_reports`` (earlier versions for the same series) as its
+    predecessors."""
+    from pydicom import dcmread
+
     from reporting import legacy_json
     from reporting.sc import build_key_image_scs, build_summary_sc
     from reporting.sr import build_sr
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    sr = build_sr(analysis, volume, sources)
+    previous = [dcmread(p, stop_before_pixels=True) for p in previous_reports]
+    sr = build_sr(analysis, volume, sources, previous=previous)
     sr_path = out_dir / "report.sr.dcm"
     sr.save_as(sr_path, enforce_file_format=True)
     summary = build_summary_sc(analysis, volume, sources, selection_reason)

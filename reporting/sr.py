@@ -188,11 +188,14 @@ def build_sr(
     *,
     node_name: str = "ctnode",
     software_version: str = "",
+    previous: Sequence[Dataset] = (),
 ) -> Comprehensive3DSR:
     """The TID 1500 report for ``analysis`` of the series ``sources`` (headers suffice).
 
     The report is marked incomplete and unverified (CompletionFlag PARTIAL,
-    VerificationFlag UNVERIFIED): it is machine output awaiting a radiologist.
+    VerificationFlag UNVERIFIED): it is machine output awaiting a radiologist. ``previous``
+    are the reports this one supersedes (the series changed after they were made): they
+    go into the Predecessor Documents Sequence, so a viewer can tell the versions apart.
     """
     if not sources:
         raise ValueError("no source datasets: the SR must reference the analysed series")
@@ -240,6 +243,7 @@ def build_sr(
         is_final=False,
         is_verified=False,
         series_description="ctnode AI measurement report (unverified)",
+        previous_versions=list(previous) or None,
     )
     sr.SoftwareVersions = software_version
     scheme = Dataset()

@@ -64,6 +64,7 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ("[scp]\nother_storage = 'keep'\n", {}, "scp.other_storage must be one of"),
         ("", {"CTNODE_STORAGE__FSYNC": "maybe"}, "storage.fsync must be true or false"),
         ("[scp\n", {}, "not valid TOML"),
+        ("", {"CTNODE_FUSION__THRESHOLD": "0"}, "fusion.threshold must be in"),
     ],
 )
 def test_bad_settings_name_the_key(

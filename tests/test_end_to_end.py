@@ -1,6 +1,6 @@
-"""The whole loop, black box: a chest CT pushed to ``ctnode serve`` with storescu comes back to
-the PACS (DCMTK storescp) as an SR and secondary captures in the same study, referencing the
-analysed series, valid for dciodvfy, and the series ends SENT."""
+"""The whole loop, black box: each real chest CT pushed to ``ctnode serve`` with storescu comes
+back to the PACS (DCMTK storescp) as an SR and secondary captures in the same study, referencing
+the analysed series, valid for dciodvfy, and the series ends SENT."""
 
 from __future__ import annotations
 
@@ -10,48 +10,40 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from tests.conftest import testdata
-from tests.node_process import NodeProcess, free_port, require, wait_for_port
+from tests.node_process import NodeProcess, Pacs, require
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASSES = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4"}
 
 
-def test_results_come_back_to_the_pacs(tmp_path: Path) -> None:
-    require("storescu", "storescp", "dciodvfy")
-    pacs_dir = tmp_path / "pacs"
-    pacs_dir.mkdir()
-    pacs_port = free_port()
-    pacs = subprocess.Popen(
-        ["storescp", "+B", "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    destination = [{"name": "pacs", "host": "127.0.0.1", "port": pacs_port, "ae_title": "PACS"}]
+@pytest.mark.parametrize("ct", ["chest-ct-100-lung", "chest-ct-248-pneumonia-jpegll"])
+def test_results_come_back_to_the_pacs(tmp_path: Path, ct: str) -> None:
+    require("storescu", "dciodvfy")
+    pacs = Pacs(tmp_path / "pacs")
     node = NodeProcess(
         tmp_path / "var",
         ASSEMBLY__STABLE_AGE="1",
         ASSEMBLY__TICK="0.25",
         WORKER__POLL="0.25",
         OUTBOX__TICK="0.5",
-        DESTINATIONS=json.dumps(destination),
+        DESTINATIONS=json.dumps([pacs.destination]),
     )
     try:
-        wait_for_port(pacs_port)
+        pacs.start()
         node.start()
-        sources = sorted(testdata("chest-ct-100-lung").glob("*.dcm"))
+        sources = sorted(testdata(ct).glob("*.dcm"))
         node.storescu(sources)
         source = pydicom.dcmread(sources[0], stop_before_pixels=True)
 
         deadline = time.monotonic() + 240
         received: dict[str, list[pydicom.Dataset]] = {}
         while time.monotonic() < deadline:
-            received = {}
-            for path in pacs_dir.iterdir():
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                received.setdefault(str(ds.SOPClassUID), []).append(ds)
+            # State first: once SENT, every object was acknowledged, so written in full.
             states = [s["state"] for s in node.status()["series"]]
+            received = pacs.received()
             if SR_CLASS in received and states == ["SENT"]:
                 break
             time.sleep(1)
@@ -67,12 +59,7 @@ def test_results_come_back_to_the_pacs(tmp_path: Path) -> None:
         assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
         assert sr.VerificationFlag == "UNVERIFIED"
         assert all(ds.BurnedInAnnotation == "YES" for ds in scs)
-        sr_file = next(
-            p
-            for p in pacs_dir.iterdir()
-            if pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID == SR_CLASS
-        )
-        check = subprocess.run(["dciodvfy", str(sr_file)], capture_output=True, text=True)
+        check = subprocess.run(["dciodvfy", sr.filename], capture_output=True, text=True)
         errors = [
             line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")
         ]
@@ -82,5 +69,4 @@ def test_results_come_back_to_the_pacs(tmp_path: Path) -> None:
     finally:
         if node.proc is not None:
             node.stop()
-        pacs.terminate()
-        pacs.wait()
+        pacs.stop()

@@ -186,10 +186,10 @@ def test_dicomdir_with_files_and_without(tmp_path: Path) -> None:
 # -- CLI -------------------------------------------------------------------------------
 
 
-def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+def analyze(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ctnode_command("analyze", *args),
-        env=subprocess_env(),
+        env={**subprocess_env(), **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -213,11 +213,17 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     bad = analyze(str(junk))
     assert bad.returncode == 2 and "not_dicom" in bad.stderr
     out = tmp_path / "outputs"
-    with_outputs = analyze(str(testdata("chest-ct-100-lung")), "--out", str(out))
+    strict = {"CTNODE_FUSION__THRESHOLD": "1.0"}  # only a certainty counts as pathology
+    with_outputs = analyze(str(testdata("chest-ct-100-lung")), "--out", str(out), **strict)
     assert with_outputs.returncode == 0, with_outputs.stderr
     assert {"report.sr.dcm", "summary.sc.dcm", "result.json"} <= {p.name for p in out.iterdir()}
     written = json.loads((out / "result.json").read_text())
     assert written["report_sop_instance_uids"]["sr"]
+    probability = written["probability_of_pathology"]
+    assert probability == result["probability_of_pathology"] < 1.0
+    assert result["pathology"] == int(probability >= 0.5)
+    assert written["pathology"] == 0
+    assert written["most_dangerous_pathology_type"] == "No significant pathology"
     few = write_series(ct_series(10, 16, 16, seed="few"), tmp_path / "few")
     short = analyze(str(few[0].parent))
     assert short.returncode == 3 and "too_few_slices" in short.stderr

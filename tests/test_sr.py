@@ -188,3 +188,20 @@ def test_sr_robust_to_patient_attributes(tmp_path: Path, patient_name: str) -> N
     assert dciodvfy(out) == []
     back = pydicom.dcmread(out)
     assert str(back.PatientName) == patient_name
+
+
+def test_new_version_names_the_report_it_supersedes(
+    written: tuple[Path, Analysis, Volume], tmp_path: Path
+) -> None:
+    """A series that changed after its report: the new SR (new UIDs, since the instance set
+    differs) lists the old one in its Predecessor Documents Sequence and stays valid."""
+    old_path, _, _ = written
+    old = pydicom.dcmread(old_path)
+    sources, volume = _series(tmp_path / "src", n_slices=25)  # one more slice arrived
+    new = build_sr(make_analysis(volume), volume, sources, previous=[old])
+    assert new.SOPInstanceUID != old.SOPInstanceUID
+    predecessor = new.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old.SOPInstanceUID
+    path = tmp_path / "new.sr.dcm"
+    new.save_as(path)
+    assert dciodvfy(path) == []

@@ -3,6 +3,7 @@ writes a real DICOM object (the real analysis pipeline is exercised end to end e
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -203,3 +204,33 @@ def test_stop_between_stages_gives_the_job_back(env: tuple[Index, Spool, Path]) 
     worker.pipeline = SummaryPipeline()
     assert worker.run_once()
     assert series_row(index)["state"] == "REPORTED"
+
+
+def test_a_changed_series_is_reported_again_naming_the_old_report(
+    env: tuple[Index, Spool, Path],
+) -> None:
+    index, spool, _ = env
+    seen: list[tuple[Path, ...]] = []
+
+    class Recording(SummaryPipeline):
+        def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
+            seen.append(request.previous_reports)
+            result = super().__call__(request, out_dir)
+            (obj,) = result.objects
+            renamed = obj.path.replace(out_dir / "report.sr.dcm")
+            return replace(result, objects=(OutputObject("sr", obj.sop_instance_uid, renamed),))
+
+    series = receive(index, spool, "w11")
+    index.mark_stable(series, 3)
+    worker = make_worker(env, Recording())
+    assert worker.run_once()
+    receive(index, spool, "w11", n=4)  # a late slice after the report
+    (row,) = index.query("SELECT state, revision FROM series")
+    assert row["state"] == "RECEIVING"
+    assert index.mark_stable(series, row["revision"]) is not None
+    assert worker.run_once()
+    assert seen[0] == ()
+    (previous,) = seen[1]
+    assert previous.name == "report.sr.dcm" and previous.is_file()
+    assert series_row(index)["state"] == "REPORTED"
+    assert [r["state"] for r in index.query("SELECT state FROM results")] == ["REPORTED"] * 2
