@@ -147,12 +147,16 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """The HTTP API: address and bearer token (required beyond loopback)."""
+    """The HTTP API: address and bearer token (required beyond loopback); the cap on an
+    upload's size, and how long ``POST /predict`` waits for its result before it answers
+    with the job to poll instead."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     token: str = ""
+    max_upload_mb: int = 2048
+    predict_timeout: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""The HTTP face of the node (FastAPI): health, jobs, studies, metrics.
+"""The HTTP face of the node (FastAPI): the legacy ``POST /predict``, health, jobs, studies
+and their report and summary image, metrics, and the operators' dashboard at ``/``.
 
-Every endpoint but ``/health`` requires ``Authorization: Bearer <token>`` when a token is
-configured, and the node refuses to serve HTTP on a non-loopback address without one.
-Responses carry UIDs and states, never patient attributes.
+Every endpoint but ``/health`` requires the token when one is configured: as
+``Authorization: Bearer <token>``, or for the dashboard in a browser, the HttpOnly cookie its
+sign-in form sets. The node refuses to serve HTTP on a non-loopback address without a
+token. Responses carry UIDs and states, never patient attributes.
 """
 
 from __future__ import annotations
@@ -12,32 +14,42 @@ import ipaddress
 import json
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config import Settings
-from node import __version__
+from node import __version__, dashboard
 from node.index import Index
 from node.metrics import IndexCollector
+from node.predict import PredictError, Predictor
+from node.upload import UploadError, receive_file
+from node.worker import result_folder
+from reporting import legacy_json
 
 HealthCheck = Callable[[], str | None]
 
 
 @dataclass
 class ApiContext:
-    """What the API reads: settings, the index, and named health checks that return None
-    when healthy or a sentence saying what is wrong."""
+    """What the API reads: settings, the index, named health checks that return None when
+    healthy or a sentence saying what is wrong, where results live, and the predictor
+    behind ``POST /predict`` (None: uploads are refused with 503)."""
 
     settings: Settings
     index: Index
     checks: dict[str, HealthCheck] = field(default_factory=dict)
+    results_root: Path | None = None
+    predictor: Predictor | None = None
 
 
 def default_checks(
@@ -72,16 +84,20 @@ def create_app(context: ApiContext) -> FastAPI:
     registry.register(IndexCollector(context.index))
 
     def authorised(request: Request) -> None:
-        if not token:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        if not signed_in(request):
             raise HTTPException(
                 status_code=401,
                 detail="bearer token required",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    def signed_in(request: Request) -> bool:
+        if not token:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = request.cookies.get(dashboard.COOKIE, "")
+        return hmac.compare_digest(given.strip().encode(), token.encode())
 
     guarded = [Depends(authorised)]
 
@@ -143,7 +159,84 @@ def create_app(context: ApiContext) -> FastAPI:
             entry["result"] = _result(context.index, latest[0]["job_id"]) if latest else None
         return {"study_uid": study_uid, "series": series}
 
+    @app.get("/studies/{study_uid}/report", dependencies=guarded)
+    def report(study_uid: str) -> FileResponse:
+        path = _latest_output(context, study_uid, "*.sr.dcm")
+        return FileResponse(path, media_type="application/dicom", filename="report.dcm")
+
+    @app.get("/studies/{study_uid}/summary.png", dependencies=guarded)
+    def summary(study_uid: str) -> Response:
+        path = _latest_output(context, study_uid, "summary.sc.dcm")
+        return Response(dashboard.png_of(path), media_type="image/png")
+
+    @app.post(
+        "/predict",
+        dependencies=guarded,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def predict(request: Request, send: bool = False) -> JSONResponse:
+        """Analyse a ZIP of DICOM files (multipart field ``file``); the legacy JSON. With
+        ``send=true`` the DICOM results also go to the configured destinations."""
+        predictor = context.predictor
+        if predictor is None:
+            return _failure(503, "unavailable", "this node does not analyse uploads")
+        api = context.settings.api
+        cap = api.max_upload_mb * 2**20
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return _failure(413, "too_large", f"the upload exceeds {api.max_upload_mb} MiB")
+        uploads = context.settings.storage.root / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        target = uploads / f"{uuid.uuid4().hex}.zip"
+        try:
+            content_type = request.headers.get("content-type", "")
+            await receive_file(content_type, request.stream(), "file", target, cap)
+            submission = await run_in_threadpool(predictor.ingest, target, deliver=send)
+        except UploadError as exc:
+            return _failure(exc.status, exc.code, str(exc).split(": ", 1)[-1])
+        except PredictError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        finally:
+            target.unlink(missing_ok=True)
+        status, body = await run_in_threadpool(predictor.outcome, submission, api.predict_timeout)
+        return JSONResponse(body, status_code=status)
+
+    dashboard.register(app, context, signed_in, authorised)
     return app
+
+
+def _failure(status: int, code: str, message: str) -> JSONResponse:
+    body = legacy_json.failure("", "", f"{code}: {message}", time_of_processing=0.0)
+    return JSONResponse(body, status_code=status)
+
+
+def _latest_output(context: ApiContext, study_uid: str, pattern: str) -> Path:
+    """The file matching ``pattern`` among the study's newest report's objects (404 if none)."""
+    rows = context.index.query(
+        "SELECT job_id, series_uid FROM results WHERE study_uid = ? AND state = 'REPORTED' "
+        "ORDER BY job_id DESC LIMIT 1",
+        (study_uid,),
+    )
+    if not rows or context.results_root is None:
+        raise HTTPException(status_code=404, detail="no report for this study")
+    folder = result_folder(context.results_root, rows[0]["series_uid"], rows[0]["job_id"])
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise HTTPException(status_code=404, detail="the report's files are gone")
+    return found[0]
 
 
 def _result(index: Index, job_id: int) -> dict[str, Any]:

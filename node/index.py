@@ -178,10 +178,14 @@ class Index:
                     "reason": str,
                     "created": str,
                     "updated": str,
+                    "deliver": int,
                 },
                 pk="id",
+                defaults={"deliver": 1},
                 if_not_exists=True,
             )
+            if "deliver" not in db.table("jobs").columns_dict:  # an index from before 0.2
+                db.table("jobs").add_column("deliver", int, not_null_default=1)
             db.table("refusals").create(
                 {
                     "id": int,
@@ -364,10 +368,11 @@ class Index:
             ).fetchall()
         return [OpenSeries(r[0], r[1], r[2]) for r in rows]
 
-    def mark_stable(self, series_uid: str, revision: int) -> int | None:
+    def mark_stable(self, series_uid: str, revision: int, *, deliver: bool = True) -> int | None:
         """Mark a series STABLE and queue an analysis job, unless it changed meanwhile
         (possibly in another process); returns the job id. Older queued jobs for the same
-        series are superseded: only the newest revision is worth analysing."""
+        series are superseded: only the newest revision is worth analysing. ``deliver``
+        False keeps the results from the destinations (an HTTP upload that did not ask)."""
         now = utc_now()
         with self.transaction() as conn:
             changed = conn.execute(
@@ -384,11 +389,19 @@ class Index:
             )
             cursor = conn.execute(
                 "INSERT INTO jobs (series_uid, study_uid, revision, state, reason, created, "
-                "updated) SELECT series_uid, study_uid, revision, 'queued', '', ?, ? "
+                "updated, deliver) SELECT series_uid, study_uid, revision, 'queued', '', ?, ?, ? "
                 "FROM series WHERE series_uid = ?",
-                (now, now, series_uid),
+                (now, now, int(deliver), series_uid),
             )
             return cursor.lastrowid
+
+    def set_delivery(self, series_uid: str, deliver: bool) -> None:
+        """Decide delivery for a series' queued job (one the assembler queued first)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET deliver = ? WHERE series_uid = ? AND state = 'queued'",
+                (int(deliver), series_uid),
+            )
 
     # -- start-up -------------------------------------------------------------------------
 

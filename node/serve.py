@@ -36,6 +36,7 @@ from node.assembly import add_to as add_assembly
 from node.common import add_config_argument, load_settings
 from node.index import Index
 from node.outbox import Outbox, destinations_from
+from node.predict import Predictor
 from node.recovery import recover
 from node.worker import Pipeline, Worker, run_forever
 from scp import tuning
@@ -96,10 +97,19 @@ class Node:
         if settings.api.enabled and not receiver_only:
             check_exposure(settings.api.host, settings.api.token)
             checks = default_checks(settings, self.index, lambda: self.scp.running)
-            context = ApiContext(settings, self.index, checks)
+            checks["workers"] = self._workers_alive
+            predictor = Predictor(settings, self.index, self.scp, len(self.workers))
+            context = ApiContext(settings, self.index, checks, results, predictor)
             self.api = ApiServer(create_app(context), settings.api.host, settings.api.port)
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+
+    def _workers_alive(self) -> str | None:
+        """The analysis workers run (none configured is a choice, not a fault)."""
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if dead and not self._stop_workers.is_set():
+            return f"worker threads stopped: {', '.join(dead)}"
+        return None
 
     def destinations_for(self, series_uid: str) -> list[str]:
         """Every default destination, plus the sender's return address when configured."""

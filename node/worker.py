@@ -94,6 +94,12 @@ class Job:
     series_uid: str
     study_uid: str
     revision: int
+    deliver: bool = True
+
+
+def result_folder(results_root: Path, series_uid: str, job_id: int) -> Path:
+    """Where a job's output objects live (named by hashes and the job id only)."""
+    return results_root / name_hash(series_uid)[:16] / str(job_id)
 
 
 class Worker:
@@ -121,13 +127,14 @@ class Worker:
     def claim(self) -> Job | None:
         with self.index.transaction() as conn:
             row = conn.execute(
-                "SELECT id, series_uid, study_uid, revision FROM jobs j WHERE state = 'queued' "
+                "SELECT id, series_uid, study_uid, revision, deliver FROM jobs j "
+                "WHERE state = 'queued' "
                 "AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = j.study_uid "
                 "AND s.state = 'RECEIVING') ORDER BY id LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
-            job = Job(row[0], row[1], row[2], row[3])
+            job = Job(row[0], row[1], row[2], row[3], bool(row[4]))
             claimed = conn.execute(
                 "UPDATE series SET state = 'PROCESSING', state_changed = ? "
                 "WHERE series_uid = ? AND revision = ? AND state = 'STABLE'",
@@ -187,7 +194,7 @@ class Worker:
             shutil.rmtree(staging, ignore_errors=True)
             return True
         timings = {**result.timings, "total": time.perf_counter() - started}
-        final = self.results_root / name_hash(job.series_uid)[:16] / str(job.id)
+        final = result_folder(self.results_root, job.series_uid, job.id)
         objects = []
         if result.objects:
             final.mkdir(parents=True, exist_ok=True)
@@ -224,8 +231,13 @@ class Worker:
             "AND state = 'REPORTED' ORDER BY job_id",
             (job.series_uid, job.id),
         )
-        folder = self.results_root / name_hash(job.series_uid)[:16]
-        return tuple(p for r in rows for p in sorted((folder / str(r["job_id"])).glob("*.sr.dcm")))
+        return tuple(
+            path
+            for r in rows
+            for path in sorted(
+                result_folder(self.results_root, job.series_uid, r["job_id"]).glob("*.sr.dcm")
+            )
+        )
 
     def _finish(
         self,
@@ -268,7 +280,7 @@ class Worker:
                 "UPDATE series SET state = ?, reason = ?, state_changed = ? WHERE series_uid = ?",
                 (state, reason, now, job.series_uid),
             )
-            if objects:
+            if objects and job.deliver:
                 enqueue(
                     conn,
                     job.id,

@@ -1,0 +1,212 @@
+"""The operators' page at ``/``: recent studies with state, result and timings; failed
+deliveries with a retry button; the summary image of a selected study.
+
+Plain server-rendered HTML (every value escaped) and a few lines of JavaScript that reload
+the page while nothing is selected. With a token configured, a browser signs in once with a
+form that sets an HttpOnly, SameSite=Strict cookie: browsers cannot send bearer headers on
+navigation, and the strict cookie keeps other sites from posting the retry form. UIDs and
+states only; no patient attributes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from node.outbox import Outbox
+
+if TYPE_CHECKING:
+    from node.api import ApiContext
+
+COOKIE = "ctnode_token"
+RECENT = 50
+
+
+def png_of(sc_path: Path) -> bytes:
+    """A secondary capture's pixels as PNG (RGB or monochrome, 8 bit)."""
+    from PIL import Image
+    from pydicom import dcmread
+
+    ds = dcmread(sc_path)
+    mode = "RGB" if ds.SamplesPerPixel == 3 else "L"
+    image = Image.fromarray(ds.pixel_array, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def register(
+    app: FastAPI,
+    context: ApiContext,
+    signed_in: Callable[[Request], bool],
+    authorised: Callable[[Request], None],
+) -> None:
+    token = context.settings.api.token
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(request: Request, study: str = "") -> HTMLResponse:
+        if not signed_in(request):
+            return HTMLResponse(_sign_in_page(""), status_code=401)
+        return HTMLResponse(_page(context, study))
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        given = str(form.get("token", ""))
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            return HTMLResponse(_sign_in_page("Wrong token."), status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/deliveries", dependencies=[Depends(authorised)])
+    def deliveries(state: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
+        return _deliveries(context, state, limit)
+
+    @app.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
+    def retry(delivery_id: int, request: Request) -> Response:
+        """Queue a FAILED delivery again (the outbox sends it at its next tick)."""
+        count = Outbox(context.index, Path("."), {}, context.settings.outbox).retry([delivery_id])
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/", status_code=303)
+        return JSONResponse({"requeued": count}, status_code=200 if count else 404)
+
+
+def _deliveries(context: ApiContext, state: str, limit: int) -> list[dict[str, Any]]:
+    return context.index.query(
+        "SELECT id, job_id, series_uid, kind, destination, state, attempts, last_status, "
+        "reason, updated FROM outbox WHERE state = ? ORDER BY id DESC LIMIT ?",
+        (state.upper(), max(1, min(limit, 1000))),
+    )
+
+
+def _studies(context: ApiContext) -> list[dict[str, Any]]:
+    """The newest studies with their newest result (a report first, else why none)."""
+    studies = context.index.query(
+        "SELECT st.study_uid, MAX(se.last_received) AS last_received, "
+        "COUNT(se.series_uid) AS series FROM studies st "
+        "JOIN series se ON se.study_uid = st.study_uid "
+        "GROUP BY st.study_uid ORDER BY last_received DESC LIMIT ?",
+        (RECENT,),
+    )
+    for study in studies:
+        rows = context.index.query(
+            "SELECT r.job_id, r.state AS result_state, r.reason, r.result_json, "
+            "r.timings_json, s.state, s.description FROM results r "
+            "JOIN series s ON s.series_uid = r.series_uid WHERE r.study_uid = ? "
+            "AND r.state != 'SUPERSEDED' "
+            "ORDER BY r.state = 'REPORTED' DESC, r.job_id DESC LIMIT 1",
+            (study["study_uid"],),
+        )
+        if rows:
+            row = rows[0]
+            study.update(row)
+            study["result"] = json.loads(row["result_json"] or "{}")
+            study["timings"] = json.loads(row["timings_json"] or "{}")
+        else:
+            states = context.index.query(
+                "SELECT state FROM series WHERE study_uid = ? ORDER BY last_received DESC",
+                (study["study_uid"],),
+            )
+            study.update(state=states[0]["state"], result={}, timings={}, reason="")
+    return studies
+
+
+def _page(context: ApiContext, selected: str) -> str:
+    studies = _studies(context)
+    failed = _deliveries(context, "FAILED", 100)
+    rows = "".join(_study_row(s, s["study_uid"] == selected) for s in studies)
+    if not rows:
+        rows = '<tr><td colspan="8">No studies received yet.</td></tr>'
+    deliveries = "".join(_delivery_row(d) for d in failed)
+    if not deliveries:
+        deliveries = '<tr><td colspan="6">No failed deliveries.</td></tr>'
+    detail = ""
+    if selected:
+        src = f"/studies/{quote(selected, safe='')}/summary.png"
+        detail = (
+            f'<section id="summary"><h2>Summary of study {escape(_short(selected))}</h2>'
+            f'<p><a href="/">close</a> · <a href="/studies/{quote(selected, safe="")}/report">'
+            f'download SR</a></p><img alt="summary page" src="{escape(src)}"></section>'
+        )
+    reload = "" if selected else "setTimeout(() => location.reload(), 10000);"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ctnode</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; margin-bottom: 2rem; font-size: 0.9rem; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 0.35rem 0.5rem; text-align: left; }}
+tr.selected {{ background: #eef4ff; }}
+.pos {{ color: #b00020; font-weight: 600; }} .neg {{ color: #2e7d32; }}
+img {{ max-width: 100%; border: 1px solid #ccc; }}
+code {{ font-size: 0.85rem; }}
+</style></head><body>
+<h1>ctnode</h1>
+<h2>Recent studies</h2>
+<table id="studies"><thead><tr><th>study</th><th>series</th><th>last received (UTC)</th>
+<th>state</th><th>probability</th><th>pathology</th><th>most dangerous</th>
+<th>analysis s</th></tr></thead><tbody>{rows}</tbody></table>
+<h2>Failed deliveries</h2>
+<table id="deliveries"><thead><tr><th>id</th><th>destination</th><th>object</th>
+<th>attempts</th><th>reason</th><th></th></tr></thead><tbody>{deliveries}</tbody></table>
+{detail}
+<script>{reload}</script>
+</body></html>"""
+
+
+def _study_row(study: dict[str, Any], selected: bool) -> str:
+    result, timings = study.get("result") or {}, study.get("timings") or {}
+    probability = result.get("probability_of_pathology")
+    pathology = result.get("pathology")
+    verdict = {1: '<span class="pos">yes</span>', 0: '<span class="neg">no</span>'}.get(
+        int(pathology) if pathology is not None else -1, ""
+    )
+    state = escape(str(study.get("state", "")))
+    if study.get("reason"):
+        state += f"<br><small>{escape(str(study['reason']))}</small>"
+    uid = str(study["study_uid"])
+    link = (
+        f'<a href="/?study={quote(uid, safe="")}" title="{escape(uid)}">{escape(_short(uid))}</a>'
+    )
+    total = timings.get("total")
+    return (
+        f'<tr class="{"selected" if selected else ""}"><td>{link}</td><td>{study["series"]}</td>'
+        f"<td>{escape(str(study['last_received'] or ''))}</td><td>{state}</td>"
+        f"<td>{'' if probability is None else f'{probability:.2f}'}</td><td>{verdict}</td>"
+        f"<td>{escape(str(result.get('most_dangerous_pathology_type') or ''))}</td>"
+        f"<td>{'' if total is None else f'{total:.1f}'}</td></tr>"
+    )
+
+
+def _delivery_row(delivery: dict[str, Any]) -> str:
+    return (
+        f"<tr><td>{delivery['id']}</td><td>{escape(str(delivery['destination']))}</td>"
+        f"<td>{escape(str(delivery['kind']))}</td><td>{delivery['attempts']}</td>"
+        f"<td>{escape(str(delivery['reason'] or ''))}</td><td>"
+        f'<form method="post" action="/deliveries/{delivery["id"]}/retry">'
+        f'<button type="submit">Retry</button></form></td></tr>'
+    )
+
+
+def _short(uid: str) -> str:
+    return uid if len(uid) <= 24 else f"…{uid[-20:]}"
+
+
+def _sign_in_page(message: str) -> str:
+    note = f'<p role="alert">{escape(message)}</p>' if message else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ctnode: sign in</title></head>
+<body style="font-family: system-ui, sans-serif; margin: 2rem">
+<h1>ctnode</h1>{note}
+<form method="post" action="/login"><label>API token
+<input type="password" name="token" autocomplete="current-password"></label>
+<button type="submit">Sign in</button></form></body></html>"""
