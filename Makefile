@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc
+APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 
@@ -27,7 +27,7 @@ bench: $(STAMP) tools
 # DCMTK (storescu/storescp, dsrdump) and dicom3tools (dciodvfy) are real peers and
 # validators in the tests; install them when we can, otherwise those tests skip with a reason.
 tools:
-	@missing=""; for t in storescu storescp dciodvfy Orthanc; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in storescu storescp dciodvfy Orthanc chromium; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \

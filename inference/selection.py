@@ -37,6 +37,14 @@ class Verdict:
     valid: bool
     reason: str
 
+    @property
+    def why(self) -> str:
+        """The sentence the summary page prints under "Why:" for the series chosen."""
+        return (
+            f"series {self.series_number}: {self.description or 'no description'} "
+            f"({self.kernel or 'no kernel'}, {self.images} images), {self.kernel_class} kernel"
+        )
+
 
 @dataclass(frozen=True)
 class Selection:

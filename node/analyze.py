@@ -90,12 +90,7 @@ def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]
         )
         seconds = time.perf_counter() - started
         if out is not None:
-            reason = (
-                f"series {chosen.series_number}: {chosen.description} ({chosen.kernel}, "
-                f"{chosen.images} images), {chosen.kernel_class} kernel"
-                if chosen
-                else ""
-            )
+            reason = chosen.why if chosen else ""
             files = reporting.write_outputs(
                 analysis,
                 plan.volume,

@@ -159,6 +159,15 @@ def create_app(context: ApiContext) -> FastAPI:
             entry["result"] = _result(context.index, latest[0]["job_id"]) if latest else None
         return {"study_uid": study_uid, "series": series}
 
+    @app.get("/studies/{study_uid}/result", dependencies=guarded)
+    def study_result(study_uid: str) -> JSONResponse:
+        """The legacy JSON for the study, as ``POST /predict`` answers it (202 while its
+        series are still being received or analysed)."""
+        answer = context.predictor.study_result(study_uid) if context.predictor else None
+        if answer is None:
+            raise HTTPException(status_code=404, detail="unknown study")
+        return JSONResponse(answer[1], status_code=answer[0])
+
     @app.get("/studies/{study_uid}/report", dependencies=guarded)
     def report(study_uid: str) -> FileResponse:
         path = _latest_output(context, study_uid, "*.sr.dcm")

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "retry": "node.retry",
     "analyze": "node.analyze",
     "weights": "node.weights",
+    "batch": "node.batch",
 }
 
 

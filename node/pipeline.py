@@ -96,6 +96,7 @@ class AnalysisPipeline:
             plan.volume,
             plan.sources,
             out_dir,
+            selection_reason=chosen.why,
             time_of_processing=analysed - started,
             previous_reports=request.previous_reports,
         )

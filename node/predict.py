@@ -123,13 +123,8 @@ class Predictor:
                 break
             time.sleep(0.2)
         if not self._finished(submission):
-            return 202, {
-                "processing_status": "Pending",
-                "study_uid": submission.study_uids[0],
-                "job_ids": list(submission.job_ids),
-                "poll": f"/jobs/{submission.job_ids[-1]}",
-            }
-        answers = [self._study_answer(uid, submission.started) for uid in submission.study_uids]
+            return 202, pending(submission.study_uids[0], submission.job_ids)
+        answers = [self.answer(uid, submission.started) for uid in submission.study_uids]
         status, body = answers[0]
         if len(answers) > 1:
             body = {**body, "studies": [answer for _, answer in answers]}
@@ -193,6 +188,23 @@ class Predictor:
         )
         return int(latest[0]["id"])
 
+    def study_result(self, study_uid: str) -> tuple[int, dict[str, Any]] | None:
+        """``GET /studies/{uid}/result``: the answer ``POST /predict`` gives, at any time
+        (202 while a series of the study is still on its way); None for an unknown study."""
+        rows = self.index.query(
+            "SELECT series_uid, state FROM series WHERE study_uid = ?", (study_uid,)
+        )
+        if not rows:
+            return None
+        if any(r["state"] not in END_STATES for r in rows):
+            jobs = self.index.query(
+                "SELECT id FROM jobs WHERE study_uid = ? AND state IN ('queued', 'running') "
+                "ORDER BY id",
+                (study_uid,),
+            )
+            return 202, pending(study_uid, tuple(j["id"] for j in jobs))
+        return self.answer(study_uid, time.perf_counter())
+
     def _finished(self, submission: Submission) -> bool:
         marks = ",".join("?" * len(submission.series_uids))
         rows = self.index.query(
@@ -200,7 +212,7 @@ class Predictor:
         )
         return all(r["state"] in END_STATES for r in rows)
 
-    def _study_answer(self, study_uid: str, started: float) -> tuple[int, dict[str, Any]]:
+    def answer(self, study_uid: str, started: float) -> tuple[int, dict[str, Any]]:
         """The study's newest report; else why none of its series could be analysed."""
         rows = self.index.query(
             "SELECT job_id, series_uid, state, reason, result_json FROM results "
@@ -221,6 +233,19 @@ class Predictor:
             study_uid, row["series_uid"], row["reason"], time_of_processing=seconds
         )
         return status, {**body, "job_id": row["job_id"]}
+
+
+def pending(study_uid: str, job_ids: tuple[int, ...]) -> dict[str, Any]:
+    """The 202 answer: where to poll (the study's result, or one job)."""
+    body: dict[str, Any] = {
+        "processing_status": "Pending",
+        "study_uid": study_uid,
+        "job_ids": list(job_ids),
+        "result": f"/studies/{study_uid}/result",
+    }
+    if job_ids:
+        body["poll"] = f"/jobs/{job_ids[-1]}"
+    return body
 
 
 def _dataset_start(path: Path, header: Any) -> tuple[int, str]:

@@ -88,7 +88,10 @@ def summary_page(
         draw.text((columns[1], y), score, font=font, fill=colour)
         for m in finding.measurements or ():
             draw.text(
-                (columns[2], y), f"{m.name} {m.value:.4g} {m.unit}"[:44], font=font, fill=colour
+                (columns[2], y),
+                f"{m.name} {m.value:.4g} {_display_unit(m.unit)}"[:44],
+                font=font,
+                fill=colour,
             )
             y += 28
         y += 8 if finding.measurements else 36
@@ -116,3 +119,9 @@ def not_analysed_page(reason: str, series: list[tuple[str, str]]) -> npt.NDArray
         y += 32
     draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)
     return np.asarray(image, dtype=np.uint8)
+
+
+def _display_unit(ucum: str) -> str:
+    """UCUM as a reader expects it on the page: Hounsfield units as HU (the SR keeps the
+    UCUM code ``[hnsf'U]``)."""
+    return {"[hnsf'U]": "HU"}.get(ucum, ucum)

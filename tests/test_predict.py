@@ -5,7 +5,6 @@ legacy failure JSON and a reason."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
@@ -20,36 +19,17 @@ from typing import Any
 import pydicom
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import UID
 
 import config
-from node.pipeline import AnalysisPipeline
 from node.serve import Node
 from tests.conftest import testdata
 from tests.factory import ct_series, write_series
+from tests.http_node import TOKEN, make_node
 from tests.node_process import Pacs
 
-TOKEN = "predict-token"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def make_node(
-    tmp_path: Path, destinations: tuple[config.DestinationSettings, ...] = (), **api: Any
-) -> Node:
-    base = config.load(None, {})
-    settings = dataclasses.replace(
-        base,
-        scp=dataclasses.replace(base.scp, host="127.0.0.1", port=0),
-        storage=dataclasses.replace(base.storage, data_dir=str(tmp_path / "var")),
-        assembly=dataclasses.replace(base.assembly, stable_age=60.0, tick=0.2),
-        worker=dataclasses.replace(base.worker, poll=0.1),
-        outbox=dataclasses.replace(base.outbox, tick=0.2),
-        api=dataclasses.replace(base.api, port=0, token=TOKEN, **api),
-        destinations=destinations,
-    )
-    node = Node(settings, pipeline=AnalysisPipeline(settings))
-    node.start()
-    return node
 
 
 @pytest.fixture
@@ -130,6 +110,16 @@ def test_a_real_ct_comes_back_as_the_legacy_json(node: Node, tmp_path: Path) -> 
     status, png = get(node, f"/studies/{body['study_uid']}/summary.png")
     assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
     assert min(Image.open(io.BytesIO(png)).size) >= 256
+    # The metrics moved: the job's stages were timed, the upload's series counted.
+    _, text = get(node, "/metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    assert samples[("ctnode_job_stage_seconds_count", (("stage", "analyse"),))] == 1
+    assert samples[("ctnode_instances_stored_total", ())] == len(sources)
+    assert samples[("ctnode_series", (("state", "REPORTED"),))] == 1
     # Uploading the same study again: identical instances are kept once, same answer.
     again_status, again = post(node, archive)
     assert again_status == 200
@@ -238,6 +228,12 @@ def test_a_slow_analysis_answers_with_the_job_to_poll(tmp_path: Path) -> None:
             if job["state"] in ("done", "superseded"):
                 break
             time.sleep(0.2)
-        assert job["state"] == "done" and job["result_state"] in ("REPORTED", "INVALID")
+        # Air only: no lungs, so the series is invalid, and the study's result says why.
+        assert job["state"] == "done" and job["result_state"] == "INVALID"
+        status, text = get(node, body["result"])
+        result = json.loads(text)
+        assert status == 422 and result["processing_status"] == "Failure"
+        assert result["error"] == job["reason"]
+        assert get(node, "/studies/1.2.3/result")[0] == 404
     finally:
         node.stop()
