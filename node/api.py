@@ -207,9 +207,7 @@ def create_app(context: ApiContext) -> FastAPI:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             return _failure(413, "too_large", f"the upload exceeds {api.max_upload_mb} MiB")
-        uploads = context.settings.storage.root / "uploads"
-        uploads.mkdir(parents=True, exist_ok=True)
-        target = uploads / f"{uuid.uuid4().hex}.zip"
+        target = predictor.uploads / f"{uuid.uuid4().hex}.zip"
         try:
             content_type = request.headers.get("content-type", "")
             await receive_file(content_type, request.stream(), "file", target, cap)

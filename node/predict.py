@@ -76,6 +76,10 @@ class Predictor:
         self.index = index
         self.scp = scp
         self.workers = workers
+        self.uploads = settings.storage.root / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        for stale in self.uploads.iterdir():  # uploads a crash interrupted: never answered
+            stale.unlink(missing_ok=True)
 
     def ingest(self, archive: Path, *, deliver: bool) -> Submission:
         """Store the archive's instances and queue their series; raises ``PredictError``."""
