@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config import Settings
+from inference.availability import AnalyzerState
 from node import __version__, dashboard
 from node.index import Index
 from node.metrics import IndexCollector
@@ -50,6 +51,7 @@ class ApiContext:
     checks: dict[str, HealthCheck] = field(default_factory=dict)
     results_root: Path | None = None
     predictor: Predictor | None = None
+    analyzers: Callable[[], list[AnalyzerState]] = list
 
 
 def default_checks(
@@ -108,9 +110,13 @@ def create_app(context: ApiContext) -> FastAPI:
             for name, check in context.checks.items()
             if (problem := check()) is not None
         }
+        analyzers = {
+            a.name: {"enabled": a.enabled, "reason": a.reason} for a in context.analyzers()
+        }
         if failing:
-            return JSONResponse({"status": "unhealthy", "failing": failing}, status_code=503)
-        return JSONResponse({"status": "healthy"})
+            body = {"status": "unhealthy", "failing": failing, "analyzers": analyzers}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "healthy", "analyzers": analyzers})
 
     @app.get("/metrics", dependencies=guarded)
     def metrics() -> PlainTextResponse:

@@ -24,11 +24,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from config import Settings
+from inference.availability import AnalyzerState, analyzer_states
 from node import logs
 from node.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
 from node.assembly import Assembly
@@ -98,11 +100,20 @@ class Node:
             check_exposure(settings.api.host, settings.api.token)
             checks = default_checks(settings, self.index, lambda: self.scp.running)
             checks["workers"] = self._workers_alive
+            checks["analyzers"] = self._analyzer_faults
             predictor = Predictor(settings, self.index, self.scp, len(self.workers))
-            context = ApiContext(settings, self.index, checks, results, predictor)
+            context = ApiContext(
+                settings, self.index, checks, results, predictor, lambda: self.analyzers
+            )
             self.api = ApiServer(create_app(context), settings.api.host, settings.api.port)
+        self.analyzers: list[AnalyzerState] = []
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+
+    def _analyzer_faults(self) -> str | None:
+        """Registered weights that are missing or corrupt need the site's attention."""
+        faults = [f"{a.name}: {a.reason}" for a in self.analyzers if a.fault]
+        return "; ".join(faults) or None
 
     def _workers_alive(self) -> str | None:
         """The analysis workers run (none configured is a choice, not a fault)."""
@@ -128,6 +139,15 @@ class Node:
     def start(self) -> None:
         if not self.receiver_only:
             recover(self.index, self.spool)
+            self.analyzers = analyzer_states(Path(self.settings.neural.weights_dir))
+            for analyzer in self.analyzers:
+                log.log(
+                    logging.WARNING if analyzer.fault else logging.INFO,
+                    "analyzer %s %s: %s",
+                    analyzer.name,
+                    "enabled" if analyzer.enabled else "disabled",
+                    analyzer.reason,
+                )
         self.scp.start()
         if self.receiver_only:
             return

@@ -66,7 +66,10 @@ def push(node: Node, n: int = 4) -> str:
 
 
 def test_health_needs_no_token_and_reports_failures(node: Node) -> None:
-    assert get(node, "/health", token=None)[:2] == (200, {"status": "healthy"})
+    status, body, _ = get(node, "/health", token=None)
+    assert status == 200 and body["status"] == "healthy"
+    assert body["analyzers"]["quantitative"] == {"enabled": True, "reason": "needs no weights"}
+    assert body["analyzers"]["ctclip"]["enabled"] is False
     node.scp.stop()
     status, body, _ = get(node, "/health", token=None)
     assert status == 503 and body["status"] == "unhealthy" and "scp" in body["failing"]
@@ -127,3 +130,32 @@ def test_no_token_beyond_loopback_is_refused() -> None:
     check_exposure("0.0.0.0", "token")
     with pytest.raises(ValueError, match="token"):
         check_exposure("0.0.0.0", "")
+
+
+def test_corrupt_registered_weights_make_the_node_unhealthy(tmp_path: Path) -> None:
+    store = tmp_path / "weights"
+    store.mkdir()
+    (store / "model.pt").write_bytes(b"not the published checkpoint")
+    (store / "manifest.toml").write_text(
+        '[[models]]\nname = "ct-clip-v2"\nversion = "v2"\nfile = "model.pt"\n'
+        f'sha256 = "{"0" * 64}"\nsize = 28\nlicence = "CC BY-NC-SA 4.0"\n'
+        'source = "https://example.invalid/ct-clip"\nanalyzer = "ctclip"\n'
+    )
+    base = config.load(None, {})
+    settings = dataclasses.replace(
+        base,
+        scp=dataclasses.replace(base.scp, host="127.0.0.1", port=0),
+        storage=dataclasses.replace(base.storage, data_dir=str(tmp_path / "var")),
+        api=dataclasses.replace(base.api, port=0),
+        neural=dataclasses.replace(base.neural, weights_dir=str(store)),
+    )
+    running = Node(settings)
+    running.start()
+    try:
+        status, body, _ = get(running, "/health", token=None)
+        assert status == 503 and "analyzers" in body["failing"]
+        assert "sha256" in body["failing"]["analyzers"]
+        assert body["analyzers"]["ctclip"]["enabled"] is False
+        assert body["analyzers"]["quantitative"]["enabled"] is True
+    finally:
+        running.stop()

@@ -14,6 +14,7 @@ from typing import ClassVar
 import pytest
 
 from inference import weights
+from inference.availability import analyzer_states
 from node import weights as node_weights
 from node.cli import SUBCOMMANDS
 
@@ -139,3 +140,19 @@ def test_cli_fetch_and_list(
 
 def test_cli_registers_weights_subcommand() -> None:
     assert SUBCOMMANDS["weights"] == "node.weights"
+
+
+def test_analyzer_states_say_why(tmp_path: Path) -> None:
+    empty = {a.name: a for a in analyzer_states(tmp_path / "nothing")}
+    assert empty["quantitative"].enabled and not empty["ctclip"].enabled
+    assert empty["ctclip"].reason == "no weights registered in the manifest"
+    assert not any(a.fault for a in empty.values())
+    store = _manifest(tmp_path)
+    missing = {a.name: a for a in analyzer_states(store)}["ctclip"]
+    assert missing.fault and "not in" in missing.reason
+    (store / "model.pt").write_bytes(PAYLOAD)
+    present = {a.name: a for a in analyzer_states(store)}["ctclip"]
+    assert not present.fault and "weights verified" in present.reason
+    (store / "model.pt").write_bytes(PAYLOAD[:-1] + b"x")
+    corrupt = {a.name: a for a in analyzer_states(store)}["ctclip"]
+    assert corrupt.fault and "sha256" in corrupt.reason
