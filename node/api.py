@@ -218,10 +218,8 @@ def create_app(context: ApiContext) -> FastAPI:
             content_type = request.headers.get("content-type", "")
             await receive_file(content_type, request.stream(), "file", target, cap)
             submission = await run_in_threadpool(predictor.ingest, target, deliver=send)
-        except UploadError as exc:
-            return _failure(exc.status, exc.code, str(exc).split(": ", 1)[-1])
-        except PredictError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+        except (UploadError, PredictError) as exc:
+            return _failure(exc.status, exc.code, exc.message)
         finally:
             target.unlink(missing_ok=True)
         status, body = await run_in_threadpool(predictor.outcome, submission, api.predict_timeout)

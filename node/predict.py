@@ -56,9 +56,6 @@ class PredictError(Exception):
         self.code = code
         self.message = message
 
-    def body(self) -> dict[str, Any]:
-        return legacy_json.failure("", "", f"{self.code}: {self.message}", time_of_processing=0.0)
-
 
 @dataclass(frozen=True)
 class Submission:

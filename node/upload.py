@@ -24,6 +24,7 @@ class UploadError(Exception):
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
+        self.message = message
 
 
 async def receive_file(
