@@ -2,7 +2,10 @@
 
 Weights of the real published shape with seeded random values (cost does not depend on them).
 The reference row is a forward pass in float32 on the same device in the same process; other rows
-are ratios against it. Usage: ``python benchmarks/ctclip.py [--threads 2] [--repeat 2]``.
+are ratios against it. ``--before`` adds a forward pass with the encoder as first written (the
+position-bias MLP run on every pair of grid cells, the quantiser's similarity matrix in one
+piece, attention as explicit matmul and softmax), patched in here for the comparison.
+Usage: ``python benchmarks/ctclip.py [--threads 2] [--repeat 2] [--before]``.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ import argparse
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from inference.ctclip import model as ctclip_model
 from inference.ctclip.model import CTCLIP
 from inference.ctclip.preprocess import preprocess
 from inference.ctclip.scoring import CTCLIPScorer, pick_device
@@ -31,10 +38,65 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _bias_every_pair(self: Any, h: int, w: int, device: torch.device) -> torch.Tensor:
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+    )
+    grid = torch.stack((ys, xs), dim=-1).reshape(-1, 2)
+    rel = (grid[:, None, :] - grid[None, :, :]).float()
+    rel = torch.sign(rel) * torch.log(rel.abs() + 1)
+    for layer in self.net:
+        rel = layer(rel)
+    return rel.permute(2, 0, 1)
+
+
+def _quantise_at_once(self: Any, x: torch.Tensor) -> torch.Tensor:
+    embed = self._codebook.embed[0]
+    l2 = ctclip_model.l2norm
+    sim = torch.matmul(l2(x.float()), l2(embed.float()).t())
+    quantised: torch.Tensor = embed[sim.argmax(dim=-1)].to(x.dtype)
+    return quantised
+
+
+def _attention_explicit(
+    self: Any, x: torch.Tensor, attn_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    b, n, _ = x.shape
+    q = self.to_q(self.norm(x))
+    k, v = self.to_kv(x).chunk(2, dim=-1)
+    q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+    q = ctclip_model.l2norm(q) * self.q_scale
+    k = ctclip_model.l2norm(k) * self.k_scale
+    sim = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+    if attn_bias is not None:
+        sim = sim + attn_bias.to(sim.dtype)
+    out = torch.matmul(sim.softmax(dim=-1), v).transpose(1, 2).reshape(b, n, -1)
+    return self.to_out(out)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def first_written() -> Iterator[None]:
+    """The encoder as first written, for the ``--before`` row."""
+    patches: dict[type, Any] = {
+        ctclip_model.ContinuousPositionBias: _bias_every_pair,
+        ctclip_model.VectorQuantizer: _quantise_at_once,
+        ctclip_model.Attention: _attention_explicit,
+    }
+    saved = {cls: getattr(cls, "forward") for cls in patches}  # noqa: B009
+    for cls, forward in patches.items():
+        setattr(cls, "forward", forward)  # noqa: B010
+    try:
+        yield
+    finally:
+        for cls, forward in saved.items():
+            setattr(cls, "forward", forward)  # noqa: B010
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--before", action="store_true", help="also time the first version")
     args = parser.parse_args()
     if not SERIES.is_dir():
         print(f"skipped: {SERIES} is absent")
@@ -57,7 +119,7 @@ def main() -> int:
     t0 = time.perf_counter()
     volume = load_series(paths)
     t_load = time.perf_counter() - t0
-    pre, fwd, fwd_bf16 = [], [], []
+    pre, fwd, fwd_bf16, fwd_before = [], [], [], []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         x = preprocess(volume)
@@ -68,6 +130,12 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         fwd.append(time.perf_counter() - t0)
+        if args.before:
+            with first_written():
+                t0 = time.perf_counter()
+                p_before = scorer.probabilities_from_input(x)
+                fwd_before.append(time.perf_counter() - t0)
+            print(f"first version vs now max |dp| = {float((p_before - p32).abs().max()):.2e}")
         if device.type == "cuda":
             scorer.autocast_bf16 = True
             t0 = time.perf_counter()
@@ -86,6 +154,8 @@ def main() -> int:
     ]
     if fwd_bf16:
         rows.append(("forward bf16 autocast", min(fwd_bf16)))
+    if fwd_before:
+        rows.append(("forward fp32, first version", min(fwd_before)))
     for label, secs in rows:
         print(f"{label:<28}{secs:>10.2f}{secs / ref:>8.2f}")
     print(

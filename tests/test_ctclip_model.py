@@ -21,6 +21,7 @@ from inference.ctclip.model import (
     CTCLIP,
     BertConfig,
     ClassFine,
+    ContinuousPositionBias,
     CTCLIPConfig,
     CTViTConfig,
 )
@@ -180,3 +181,21 @@ def test_full_published_layout_loads_strictly(tmp_path: Path) -> None:
     finally:
         path.unlink()
         gc.collect()
+
+
+def test_position_bias_per_distinct_offset_equals_every_pair() -> None:
+    """The bias MLP runs once per distinct offset and is gathered; the original runs it on
+    every pair of grid cells. Same numbers, on a non-square grid."""
+    torch.manual_seed(0)
+    bias = ContinuousPositionBias(32, 4)
+    h, w = 5, 7
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    grid = torch.stack((ys, xs), dim=-1).reshape(-1, 2)
+    rel = (grid[:, None, :] - grid[None, :, :]).float()
+    rel = torch.sign(rel) * torch.log(rel.abs() + 1)
+    for layer in bias.net:
+        rel = layer(rel)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bias(h, w, torch.device("cpu")), rel.permute(2, 0, 1), rtol=0, atol=1e-6
+        )

@@ -126,11 +126,11 @@ class Attention(nn.Module):
         q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         q = l2norm(q) * self.q_scale
         k = l2norm(k) * self.k_scale
-        sim = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        if attn_bias is not None:
-            sim = sim + attn_bias.to(sim.dtype)
-        attn = sim.softmax(dim=-1)
-        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, -1)
+        # A bias with the batch axis spelled out lets SDPA take its fused path on CPU
+        # (3x faster for the spatial transformer than a broadcast 3-D mask).
+        bias = None if attn_bias is None else attn_bias.to(q.dtype).expand(b, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, n, -1)
         return self.to_out(out)  # type: ignore[no-any-return]
 
 
@@ -192,15 +192,25 @@ class ContinuousPositionBias(nn.Module):
         )
 
     def forward(self, h: int, w: int, device: torch.device) -> Tensor:
-        ys, xs = torch.meshgrid(
-            torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
-        )
-        grid = torch.stack((ys, xs), dim=-1).reshape(-1, 2)
-        rel = (grid[:, None, :] - grid[None, :, :]).float()
+        """(heads, h*w, h*w) bias. The MLP acts on each offset alone, so it runs once per
+        distinct offset ((2h-1)(2w-1) of them) and the result is gathered for every pair:
+        the same numbers as running it on all (h*w)^2 pairs, at 1/150 of the cost for the
+        published 24x24 grid (the full version was about a fifth of the encoder's FLOPs)."""
+        dy = torch.arange(-(h - 1), h, device=device)
+        dx = torch.arange(-(w - 1), w, device=device)
+        offsets = torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2)
+        rel = offsets.float()
         rel = torch.sign(rel) * torch.log(rel.abs() + 1)
         for layer in self.net:
             rel = layer(rel)
-        return rel.permute(2, 0, 1)
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
+        )
+        ys, xs = ys.reshape(-1), xs.reshape(-1)
+        index = (ys[:, None] - ys[None, :] + h - 1) * (2 * w - 1) + (
+            xs[:, None] - xs[None, :] + w - 1
+        )
+        return rel[index].permute(2, 0, 1)
 
 
 class Codebook(nn.Module):
@@ -220,14 +230,25 @@ class Codebook(nn.Module):
 class VectorQuantizer(nn.Module):
     """Replaces each token by the codebook row of greatest cosine similarity."""
 
+    BLOCK = 2048
+
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
         self._codebook = Codebook(dim, size)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Tokens in blocks of ``BLOCK``: the full similarity matrix of the published model
+        (13824 tokens x 8192 codes) would take 450 MB for nothing but an argmax."""
         embed = self._codebook.embed[0]
-        sim = torch.matmul(l2norm(x.float()), l2norm(embed.float()).t())
-        return embed[sim.argmax(dim=-1)].to(x.dtype)
+        codes = l2norm(embed.float()).t()
+        flat = x.reshape(-1, x.shape[-1])
+        index = torch.cat(
+            [
+                torch.matmul(l2norm(block.float()), codes).argmax(dim=-1)
+                for block in torch.split(flat, self.BLOCK)
+            ]
+        )
+        return embed[index].reshape(x.shape).to(x.dtype)
 
 
 class CTViT(nn.Module):
