@@ -161,11 +161,7 @@ class Predictor:
         finally:
             temp.unlink(missing_ok=True)
         if status != SUCCESS:
-            rows = self.index.query(
-                "SELECT reason FROM refusals WHERE calling_ae = ? ORDER BY id DESC LIMIT 1",
-                (CALLING_AE,),
-            )
-            return rows[0]["reason"] if rows else f"status_{status:04x}"
+            return self.scp.last_rejection() or f"status_{status:04x}"
         row = self.index.query(
             "SELECT s.series_uid, s.study_uid FROM instances i JOIN series s "
             "ON s.series_uid = i.series_uid WHERE i.sop_instance_uid = ?",

@@ -99,6 +99,12 @@ class StorageSCP:
         self._sessions: set[threading.Thread] = set()
         self._sessions_lock = threading.Lock()
         self._tls = self._ssl_context()
+        self._last = threading.local()
+
+    def last_rejection(self) -> str:
+        """The reason code of this thread's last rejected ``store`` (for callers other than
+        an association, which only need the status: the HTTP upload names reasons)."""
+        return str(getattr(self._last, "reason", ""))
 
     @property
     def running(self) -> bool:
@@ -258,6 +264,7 @@ class StorageSCP:
     ) -> int:
         """Check a received instance and make it durable; the DIMSE status to answer.
         ``sha256`` of the data set bytes when the caller hashed them as they arrived."""
+        self._last.reason = ""
         if not is_ct(sop_class):
             self.sink.refused(Refusal("discarded", SUCCESS, "not_ct", sop_class, calling))
             log.info(
@@ -363,6 +370,7 @@ class StorageSCP:
     def _refuse(
         self, rejection: Rejection, sop_class: str, sop_instance: str, calling: str, cid: str
     ) -> int:
+        self._last.reason = rejection.reason
         log.warning(
             "instance %s rejected with 0x%04X (%s): %s",
             uid_hash(sop_instance),

@@ -174,6 +174,13 @@ def _not_ct(tmp_path: Path) -> bytes:
     return zip_files(write_series(datasets, tmp_path / "notct"))
 
 
+def _bad_uids(tmp_path: Path) -> bytes:
+    datasets = ct_series(20, 8, 8, seed="baduid")
+    for ds in datasets:  # the SCP refuses these: a series UID that is not a UID
+        ds.SeriesInstanceUID = "1.2.abc"
+    return zip_files(write_series(datasets, tmp_path / "baduid"))
+
+
 def _few_slices(tmp_path: Path) -> bytes:
     return zip_files(write_series(ct_series(10, 16, 16, seed="few"), tmp_path / "few"))
 
@@ -184,11 +191,20 @@ def _few_slices(tmp_path: Path) -> bytes:
         (lambda _: b"this is not a zip archive", 400, "not_zip"),
         (_no_dicom, 422, "no_dicom"),
         (_not_ct, 422, "no_ct"),
+        (_bad_uids, 422, "20 invalid_hierarchy_uid"),
         (_few_slices, 422, "too_few_slices"),
         (_bomb, 413, "zip_bomb"),
         (_traversal, 400, "path_traversal"),
     ],
-    ids=["not-zip", "no-dicom", "not-ct", "too-few-slices", "zip-bomb", "path-traversal"],
+    ids=[
+        "not-zip",
+        "no-dicom",
+        "not-ct",
+        "rejected-uids",
+        "too-few-slices",
+        "zip-bomb",
+        "path-traversal",
+    ],
 )
 def test_bad_uploads_get_a_reason(
     node: Node, tmp_path: Path, make: Any, status: int, code: str
