@@ -67,6 +67,7 @@ class RuleBasedFusion:
             pathology=probability >= self.threshold,
             most_dangerous_pathology_type=most_dangerous(positive),
             calibrated=False,
+            threshold=self.threshold,
         )
 
 
