@@ -27,11 +27,13 @@ from inference.findings import AnalyzerResult
 
 @dataclass(frozen=True)
 class Feature:
-    """One named number; ``label`` is the finding type it measures (shared vocabulary), if
-    any: the trained fusion uses it to name the most dangerous pathology type."""
+    """One named number in UCUM ``unit``; ``label`` is the finding type it measures (shared
+    vocabulary), if any: the trained fusion uses it to name the most dangerous pathology
+    type."""
 
     name: str
     label: str | None = None
+    unit: str = "1"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class FeatureSchema:
     def labels(self) -> dict[str, str | None]:
         return {f.name: f.label for s in self.sets for f in s.features}
 
+    @property
+    def units(self) -> dict[str, str]:
+        return {f.name: f.unit for s in self.sets for f in s.features}
+
     def values(self, results: Sequence[AnalyzerResult]) -> dict[str, float]:
         """Every schema feature from ``results``, NaN where an analyzer or a value is missing."""
         by_analyzer = {r.analyzer: r for r in results}
@@ -98,7 +104,9 @@ class FeatureSchema:
                 {
                     "analyzer": s.analyzer,
                     "version": s.version,
-                    "features": [{"name": f.name, "label": f.label} for f in s.features],
+                    "features": [
+                        {"name": f.name, "label": f.label, "unit": f.unit} for f in s.features
+                    ],
                 }
                 for s in self.sets
             ],
@@ -112,7 +120,10 @@ class FeatureSchema:
                 FeatureSet(
                     str(s["analyzer"]),
                     str(s["version"]),
-                    tuple(Feature(str(f["name"]), f.get("label")) for f in s["features"]),
+                    tuple(
+                        Feature(str(f["name"]), f.get("label"), str(f.get("unit", "1")))
+                        for f in s["features"]
+                    ),
                 )
                 for s in data["analyzers"]
             )

@@ -83,7 +83,7 @@ MEASUREMENT_LABELS: dict[str, str | None] = {
     "Percentage of opacity": "Lung opacity",
 }
 NODULE_FEATURES = (
-    Feature("quant.nodule.max_diameter_mm", "Lung nodule"),
+    Feature("quant.nodule.max_diameter_mm", "Lung nodule", "mm"),
     Feature("quant.nodule.count", "Lung nodule"),
     Feature("quant.smoothed"),
 )
@@ -95,11 +95,13 @@ def feature_name(region: str, measurement: str) -> str:
     return f"quant.{slug[0]}.{slug[1]}"
 
 
+# names and units as densitometry reports them (a region of no voxels lists them all)
+_UNITS = {m.name: m.unit for m in densitometry.empty_region("").measurements()}
 FEATURE_SET = FeatureSet(
     NAME,
     FEATURES_VERSION,
     tuple(
-        Feature(feature_name(region, name), label)
+        Feature(feature_name(region, name), label, _UNITS[name])
         for region in REGIONS
         for name, label in MEASUREMENT_LABELS.items()
     )
