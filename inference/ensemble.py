@@ -14,6 +14,8 @@ from inference.quant import analyzer as quantitative
 from inference.volume import Volume
 
 FEATURE_SETS = (quantitative.FEATURE_SET,)
+# Code version of each analyzer: cached features are reused only from the same code.
+ANALYZER_VERSIONS = {quantitative.NAME: quantitative.VERSION}
 
 
 def feature_schema() -> FeatureSchema:
