@@ -204,6 +204,12 @@ def load(store: Path, name: str, node_schema: FeatureSchema, *, top_k: int = 5) 
     from inference import weights
 
     manifest = store / "manifest.toml"
+    if not manifest.is_file():
+        raise FusionModelError(
+            "unknown-model",
+            f"fusion model {name!r}: there is no weights manifest {manifest} "
+            "(ctnode fusion train --store writes one)",
+        )
     try:
         entries = weights.read_manifest(manifest)
         entry = weights.find(entries, name)

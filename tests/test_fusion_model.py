@@ -243,3 +243,21 @@ def test_sr_sc_and_json_carry_the_trained_fusion(store: Path, tmp_path: Path) ->
     chart = summary[560:800, 760:1000]
     red = (chart[..., 0] > 200) & (chart[..., 1] < 120) & (chart[..., 2] < 100)
     assert red.sum() > 500  # bars pushing towards pathology
+
+
+def test_serve_refuses_an_unusable_model(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import ctnode_command, subprocess_env
+
+    env = subprocess_env(
+        CTNODE_STORAGE__DATA_DIR=str(tmp_path / "var"),
+        CTNODE_NEURAL__WEIGHTS_DIR=str(tmp_path / "weights"),
+        CTNODE_FUSION__MODEL="site-fusion",
+    )
+    started = subprocess.run(
+        ctnode_command("serve"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 2
+    assert "cannot start: unknown-model: fusion model 'site-fusion'" in started.stderr
+    assert "there is no weights manifest" in started.stderr
