@@ -115,8 +115,6 @@ class Bundle:
 class TrainedFusion:
     """``FusionModel`` backed by a LightGBM booster, its calibrator and TreeExplainer."""
 
-    calibrated = True
-
     def __init__(
         self,
         bundle: Bundle,

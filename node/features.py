@@ -9,7 +9,7 @@ from the stored instances. Features are cached per series and analyzer version (
 default beside the output), so an interrupted run resumes and a re-run is quick.
 
 Exit codes: 0 features written (studies that could not be analysed are listed with their
-reason); 2 bad arguments; 3 no study gave features.
+reason); 2 bad arguments; 3 no study gave features; 130 interrupted (run again to resume).
 """
 
 from __future__ import annotations
@@ -68,9 +68,19 @@ def run(args: argparse.Namespace) -> int:
         units.extend(_index_units(data_dir) if data_dir else [Unit(path.name, path=path)])
     cache = None if args.no_cache else (args.cache or args.out.with_suffix(".cache"))
     bar = ProgressBar(len(units))
-    table, summary = extract(
-        units, settings, cache_dir=cache, jobs=min(args.jobs, max(1, len(units))), progress=bar
-    )
+    try:
+        table, summary = extract(
+            units, settings, cache_dir=cache, jobs=min(args.jobs, max(1, len(units))), progress=bar
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        where = f" (cached in {cache})" if cache else ""
+        print(
+            f"ctnode features: interrupted; finished studies are kept{where}, run it "
+            "again to resume",
+            file=sys.stderr,
+        )
+        return 130
     bar.close()
     for failure in summary.failures:
         print(f"  not analysed: {failure.source}: {failure.code}: {failure.reason}")
