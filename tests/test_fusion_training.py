@@ -19,6 +19,7 @@ from training import calibration, metrics
 from training.labels import ANY, LabelError, join, read_labels
 from training.table import FeatureTable, TableError
 from training.train import TrainingResult, TrainOptions, train
+from training.workflow import min_per_class
 
 SCHEMA = feature_schema()
 NAMES = SCHEMA.names
@@ -168,8 +169,9 @@ def test_label_errors_are_clear(tmp_path: Path) -> None:
     )
     with pytest.raises(LabelError, match="all 4 labelled studies are 1 for 'any abnormality'"):
         join(table, read_labels(single))
-    with pytest.raises(LabelError, match="5-fold cross-validation needs at least 5 of each"):
+    with pytest.raises(LabelError, match="cross-validation needs at least 5 of each"):
         join(table, read_labels(unknown), ignore_unknown=True, min_per_class=5)
+    assert [min_per_class(k) for k in (2, 3, 5, 10)] == [4, 3, 5, 10]
     bad = _write_csv(tmp_path / "bad.csv", ["study_uid", "pathology"], [["1.2.3.0", "maybe"]])
     with pytest.raises(LabelError, match="line 2: 'pathology' is 'maybe', expected 0 or 1"):
         read_labels(bad)

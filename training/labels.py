@@ -195,7 +195,8 @@ def join(
     if min(counts.values()) < min_per_class:
         raise LabelError(
             f"{counts[1]} positive and {counts[0]} negative studies for {labels.pathology!r}: "
-            f"{min_per_class}-fold cross-validation needs at least {min_per_class} of each"
+            f"cross-validation needs at least {min_per_class} of each (one per fold, two "
+            "in every training part)"
         )
     return Cohort(
         x=table.values[list(rows)],

@@ -8,6 +8,7 @@ trained on other features would be refused by the node anyway, so training refus
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,12 @@ class Outcome:
     card_files: tuple[Path, ...]
 
 
+def min_per_class(folds: int) -> int:
+    """Studies of each class needed: one per fold, and two in every training part (the
+    early-stopping split is stratified), i.e. at least ceil(2 k / (k - 1))."""
+    return max(folds, math.ceil(2 * folds / (folds - 1)))
+
+
 def train_and_register(request: Request, node_schema: FeatureSchema) -> Outcome:
     """Train, write the model card, register the model; ``ValueError`` subclasses
     (``TableError``, ``LabelError``, ``SchemaMismatch``) say what is wrong with the inputs."""
@@ -61,7 +68,7 @@ def train_and_register(request: Request, node_schema: FeatureSchema) -> Outcome:
         table,
         labels,
         ignore_unknown=request.ignore_unknown_labels,
-        min_per_class=request.options.folds,
+        min_per_class=min_per_class(request.options.folds),
     )
     result = train(cohort.x, cohort.y, node_schema, request.options)
     version = request.version or next_version(request.store, request.name)
