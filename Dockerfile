@@ -18,6 +18,7 @@ COPY scp ./scp
 COPY inference ./inference
 COPY reporting ./reporting
 COPY node ./node
+COPY training ./training
 COPY weights ./weights
 RUN pip install . && ctnode config > /dev/null && ctnode weights list
 

@@ -242,15 +242,24 @@ class NeuralSettings:
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """How the analyzers' findings become the overall result (``inference.fusion``):
-    ``pathology`` is 1 when ``probability_of_pathology`` reaches ``threshold``, and only
-    findings at or above it compete for ``most_dangerous_pathology_type``."""
+    """How the analyzers' findings become the overall result (``inference.fusion``).
+
+    With ``model`` empty the rule-based fusion runs: ``pathology`` is 1 when
+    ``probability_of_pathology`` reaches ``threshold``, and only findings at or above it
+    compete for ``most_dangerous_pathology_type``. ``model`` names a trained fusion model in
+    the weights store (``ctnode fusion train``); it brings its own threshold, chosen at
+    training, and reports its ``top_k`` largest SHAP contributions.
+    """
 
     threshold: float = 0.5
+    model: str = ""
+    top_k: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"fusion.threshold must be in (0, 1], not {self.threshold}")
+        if not 1 <= self.top_k <= 50:
+            raise ValueError(f"fusion.top_k must be from 1 to 50, not {self.top_k}")
 
 
 @dataclass(frozen=True)

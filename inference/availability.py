@@ -5,7 +5,9 @@ manifest registers is verified by size and sha256 (hashes cached by size and mti
 large checkpoint is not hashed again on every start). The quantitative analyzer needs no
 weights. A neural analyzer is enabled only when its weights are present and verified and
 the node has it wired in; otherwise it is disabled with the reason, which the node logs and
-``/health`` reports. Nothing is downloaded.
+``/health`` reports. ``fusion`` (site-trained models, ``ctnode fusion train``) runs when
+``[fusion] model`` names one of them; without one the rule-based fusion decides. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.weights import WeightsError, read_manifest, status
+from inference.weights import ModelEntry, WeightsError, read_manifest, status
 
 # The ensemble of the design card, by the ``analyzer`` name the manifest uses.
 NEURAL = ("ctclip", "ctclip-supervised", "diffusion-anomaly", "fvlm", "mednext", "fusion")
@@ -32,7 +34,7 @@ class AnalyzerState:
     fault: bool = False  # weights registered but missing or corrupt: the site must act
 
 
-def analyzer_states(weights_dir: Path) -> list[AnalyzerState]:
+def analyzer_states(weights_dir: Path, fusion_model: str = "") -> list[AnalyzerState]:
     states = [AnalyzerState("quantitative", True, "needs no weights")]
     manifest = weights_dir / "manifest.toml"
     try:
@@ -42,7 +44,10 @@ def analyzer_states(weights_dir: Path) -> list[AnalyzerState]:
     for name in NEURAL:
         mine = [e for e in entries if e.analyzer == name]
         if not mine:
-            states.append(AnalyzerState(name, False, "no weights registered in the manifest"))
+            reason = "no weights registered in the manifest"
+            if name == "fusion":
+                reason += "; the rule-based fusion decides"
+            states.append(AnalyzerState(name, False, reason))
             continue
         problems = [
             f"{entry.name}: {why}"
@@ -52,9 +57,24 @@ def analyzer_states(weights_dir: Path) -> list[AnalyzerState]:
         ]
         if problems:
             states.append(AnalyzerState(name, False, "; ".join(problems), fault=True))
+        elif name == "fusion":
+            states.append(_fusion_state(mine, fusion_model))
         elif name not in WIRED:
             reason = "weights verified; not yet part of the node's ensemble"
             states.append(AnalyzerState(name, False, reason))
         else:
             states.append(AnalyzerState(name, True, "weights verified"))
     return states
+
+
+def _fusion_state(entries: list[ModelEntry], selected: str) -> AnalyzerState:
+    """Trained fusion models are registered; the one ``[fusion] model`` names runs."""
+    if not selected:
+        reason = "weights verified; not selected ([fusion] model is empty): rule-based fusion"
+        return AnalyzerState("fusion", False, reason)
+    if not any(e.name == selected for e in entries):
+        names = ", ".join(e.name for e in entries)
+        return AnalyzerState(
+            "fusion", False, f"[fusion] model {selected!r} is not registered ({names})", True
+        )
+    return AnalyzerState("fusion", True, f"weights verified; model {selected!r} runs")

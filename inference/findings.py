@@ -82,7 +82,11 @@ class Finding:
 
 @dataclass(frozen=True)
 class AnalyzerResult:
-    """Everything one analyzer produced for one volume, with its identity for TID 4019."""
+    """Everything one analyzer produced for one volume, with its identity for TID 4019.
+
+    ``features`` are the named numbers the trained fusion reads (``inference.features``),
+    under the analyzer's feature-set version ``features_version``.
+    """
 
     analyzer: str
     version: str
@@ -90,11 +94,17 @@ class AnalyzerResult:
     measurements: tuple[Measurement, ...] = ()
     features: dict[str, float] = field(default_factory=dict)
     weights_sha256: tuple[str, ...] = ()
+    features_version: str = ""
 
 
 @dataclass(frozen=True)
 class Fusion:
-    """The overall result across analyzers (legacy JSON fields, SR summary)."""
+    """The overall result across analyzers (legacy JSON fields, SR summary).
+
+    ``method`` and ``version`` name the fusion that ran (``rule-based`` or a trained model's
+    name), ``weights_sha256`` its files; ``top_features`` are the largest contributions to a
+    trained model's decision as (feature, value, SHAP value in log-odds), largest first.
+    """
 
     method: str
     version: str
@@ -103,6 +113,8 @@ class Fusion:
     most_dangerous_pathology_type: str
     calibrated: bool = False
     top_features: tuple[tuple[str, float, float], ...] = ()
+    threshold: float | None = None
+    weights_sha256: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,27 @@
 """Fusion: every analyzer's findings -> the overall result (the legacy JSON's
 ``probability_of_pathology``, ``pathology`` and ``most_dangerous_pathology_type``).
 
-``FusionModel`` is the interface a trained model (LightGBM with SHAP, issue 8) implements;
-``RuleBasedFusion`` is the default and says plainly that its output is a rule-based score.
+``FusionModel`` is the interface; ``RuleBasedFusion`` is the default and says plainly that
+its output is a rule-based score; a site-trained LightGBM model (``inference.trained_fusion``)
+replaces it when ``[fusion] model`` names one. ``load_fusion`` is the one place the node
+and ``ctnode analyze`` get their fusion from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from inference.findings import AnalyzerResult, Finding, Fusion
 
+if TYPE_CHECKING:
+    from config import Settings
+
 NO_PATHOLOGY = "No significant pathology"
+UNSPECIFIED = "Unspecified abnormality"
+# A finding type competes for "most dangerous" under a trained model only if its features
+# pushed the decision towards pathology by at least this share of all positive pushes.
+MIN_CONTRIBUTION_SHARE = 0.1
 
 # Most dangerous first: what would change management soonest. An acute airspace process
 # (consolidation) before a possible malignancy (nodule) before diffuse opacity before
@@ -67,10 +76,57 @@ class RuleBasedFusion:
             pathology=probability >= self.threshold,
             most_dangerous_pathology_type=most_dangerous(positive),
             calibrated=False,
+            threshold=self.threshold,
         )
 
 
 def most_dangerous(findings: Sequence[Finding]) -> str:
-    rank = {label: i for i, label in enumerate(SEVERITY)}
-    labels = sorted({f.label for f in findings}, key=lambda label: rank.get(label, len(rank)))
+    labels = _by_severity({f.label for f in findings})
     return labels[0] if labels else NO_PATHOLOGY
+
+
+def most_dangerous_contributing(contributions: Mapping[str, float]) -> str | None:
+    """The trained fusion's rule: among finding types whose features together pushed the
+    decision towards pathology (summed SHAP value > 0) by at least
+    ``MIN_CONTRIBUTION_SHARE`` of all such pushes, the most severe (``SEVERITY``); None
+    when no finding type pushed towards pathology.
+
+    Severity decides among real contributors because a radiologist must see the most
+    urgent of them first; the share keeps a negligible push from a severe type (a few
+    hundredths of a log-odd) from outranking the finding that actually drove the decision.
+    """
+    positive = {label: c for label, c in contributions.items() if c > 0}
+    total = sum(positive.values())
+    if total <= 0:
+        return None
+    eligible = _by_severity({k for k, c in positive.items() if c >= MIN_CONTRIBUTION_SHARE * total})
+    return eligible[0] if eligible else None
+
+
+def _by_severity(labels: set[str]) -> list[str]:
+    rank = {label: i for i, label in enumerate(SEVERITY)}
+    return sorted(labels, key=lambda label: (rank.get(label, len(rank)), label))
+
+
+def load_fusion(settings: Settings) -> FusionModel:
+    """The fusion ``settings`` ask for: the trained model named by ``[fusion] model`` (from
+    the weights store, verified, its feature schema checked against this node's analyzers),
+    else the rule-based fusion with ``[fusion] threshold``.
+
+    Raises ``inference.trained_fusion.FusionModelError`` (a ``ValueError``) with a sentence
+    when the named model cannot be used: the node must not silently fall back to rules a
+    site did not choose.
+    """
+    if not settings.fusion.model:
+        return RuleBasedFusion(settings.fusion.threshold)
+    from pathlib import Path
+
+    from inference.ensemble import feature_schema
+    from inference.trained_fusion import load
+
+    return load(
+        Path(settings.neural.weights_dir),
+        settings.fusion.model,
+        feature_schema(),
+        top_k=settings.fusion.top_k,
+    )

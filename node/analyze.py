@@ -3,7 +3,8 @@ archive, a DICOMDIR or a file. Prints every study's series with their verdicts, 
 chosen and why, and exits non-zero with the reason when nothing can be analysed.
 
 Exit codes: 0 at least one study analysed; 2 the input cannot be read (bad archive, no
-DICOM); 3 DICOM was found but no series can be analysed.
+DICOM); 3 DICOM was found but no series can be analysed; 4 the configured fusion model
+cannot be used (``[fusion] model``: missing, corrupt, or trained on other features).
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inference.errors import IntakeError, InvalidSeries
+    from inference.fusion import load_fusion
     from inference.prepare import prepare
 
     settings = load_settings(args)
+    try:
+        fusion = load_fusion(settings)
+    except ValueError as exc:
+        print(f"ctnode: fusion model {settings.fusion.model!r}: {exc}", file=sys.stderr)
+        return 4
     try:
         plans = prepare(args.path, settings)
     except IntakeError as exc:
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         out = None
         if args.out is not None:
             out = args.out if len(plans) == 1 else args.out / f"study-{number + 1}"
-        report.append(analyse(plan, settings, out))
+        report.append(analyse(plan, settings, out, fusion))
     for study in report:
         print(render(study))
     if args.json:
@@ -61,14 +68,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]:
+def analyse(
+    plan: Any, settings: Any, out: Path | None = None, fusion: Any = None
+) -> dict[str, Any]:
     """Run the analysis on a study's chosen volume: the legacy JSON plus the decision; with
-    ``out``, also the DICOM SR and secondary captures and ``result.json`` in that folder."""
+    ``out``, also the DICOM SR and secondary captures and ``result.json`` in that folder.
+    ``fusion`` defaults to what ``settings`` configure (``inference.fusion.load_fusion``)."""
     import time
 
     import reporting
     from inference import ensemble
-    from inference.fusion import RuleBasedFusion
+    from inference.fusion import load_fusion
     from inference.selection import LUNG
     from reporting import legacy_json
 
@@ -86,7 +96,7 @@ def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]
         analysis = ensemble.run(
             plan.volume,
             sharp_kernel=bool(chosen and chosen.kernel_class == LUNG),
-            fusion=RuleBasedFusion(settings.fusion.threshold),
+            fusion=fusion or load_fusion(settings),
         )
         seconds = time.perf_counter() - started
         if out is not None:
@@ -104,7 +114,10 @@ def analyse(plan: Any, settings: Any, out: Path | None = None) -> dict[str, Any]
             result = legacy_json.success(analysis, time_of_processing=seconds, report_uids={})
         decision["fusion"] = {
             "method": analysis.fusion.method,
+            "version": analysis.fusion.version,
             "calibrated": analysis.fusion.calibrated,
+            "threshold": analysis.fusion.threshold,
+            "top_features": result.get("top_shap_features") or [],
         }
         decision["findings"] = [
             {
@@ -186,7 +199,9 @@ def render(result: dict[str, Any]) -> str:
         calibrated = "calibrated" if fusion.get("calibrated") else "not a calibrated probability"
         lines.append(
             f"   overall: {result['probability_of_pathology']:.2f} "
-            f"({fusion.get('method', '?')}, {calibrated}), "
+            f"({fusion.get('method', '?')} fusion {fusion.get('version', '')}, {calibrated}), "
             f"most dangerous: {result['most_dangerous_pathology_type']}"
         )
+        for item in fusion.get("top_features", []):
+            lines.append(f"     SHAP {item['shap']:+.3f}  {item['feature']} = {item['value']:.4g}")
     return "\n".join(lines)

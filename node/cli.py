@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "analyze": "node.analyze",
     "weights": "node.weights",
     "batch": "node.batch",
+    "features": "node.features",
+    "fusion": "node.fusion",
 }
 
 

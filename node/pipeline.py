@@ -24,7 +24,7 @@ import reporting
 from config import Settings
 from inference import ensemble
 from inference.errors import InvalidSeries
-from inference.fusion import RuleBasedFusion
+from inference.fusion import load_fusion
 from inference.prepare import StudyPlan, prepare_files
 from inference.selection import LUNG, Verdict
 from node.worker import AnalysisRequest, OutputObject, PipelineResult
@@ -34,6 +34,7 @@ from reporting import legacy_json
 class AnalysisPipeline:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.fusion = load_fusion(settings)  # a model that cannot be used stops the start
 
     def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
         started = time.perf_counter()
@@ -87,7 +88,7 @@ class AnalysisPipeline:
         analysis = ensemble.run(
             plan.volume,
             sharp_kernel=chosen.kernel_class == LUNG,
-            fusion=RuleBasedFusion(self.settings.fusion.threshold),
+            fusion=self.fusion,
         )
         analysed = time.perf_counter()
         request.checkpoint("report")

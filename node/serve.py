@@ -139,7 +139,9 @@ class Node:
     def start(self) -> None:
         if not self.receiver_only:
             recover(self.index, self.spool)
-            self.analyzers = analyzer_states(Path(self.settings.neural.weights_dir))
+            self.analyzers = analyzer_states(
+                Path(self.settings.neural.weights_dir), self.settings.fusion.model
+            )
             for analyzer in self.analyzers:
                 log.log(
                     logging.WARNING if analyzer.fault else logging.INFO,
@@ -212,11 +214,11 @@ def run(args: argparse.Namespace) -> int:
     if receiver:
         _die_with_parent()
     pipeline = None
-    if not receiver and settings.worker.count > 0:
-        from node.pipeline import AnalysisPipeline
-
-        pipeline = AnalysisPipeline(settings)
     try:
+        if not receiver and settings.worker.count > 0:
+            from node.pipeline import AnalysisPipeline
+
+            pipeline = AnalysisPipeline(settings)  # refuses an unusable [fusion] model
         node = Node(settings, receiver_only=receiver, pipeline=pipeline)
     except ValueError as exc:
         log.error("cannot start: %s", exc)

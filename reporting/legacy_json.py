@@ -3,8 +3,11 @@
 Legacy fields, exactly: ``study_uid``, ``series_uid``, ``probability_of_pathology``,
 ``pathology`` (0/1), ``most_dangerous_pathology_type``, ``processing_status``
 (``Success``/``Failure``), ``time_of_processing`` (seconds), ``error``; then
-``top_shap_features``, per-analyzer results (``analyzers``) and the SOP Instance UIDs of the
-DICOM objects written for this result (``report_sop_instance_uids``).
+``top_shap_features`` (empty unless a trained fusion model ran), ``fusion`` (which fusion
+ran: method, version, sha256 of its files, calibrated or not, threshold), per-analyzer
+results (``analyzers``, with the named ``features`` a fusion model reads, missing ones as
+null) and the SOP Instance UIDs of the DICOM objects written for this result
+(``report_sop_instance_uids``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from inference.features import json_ready
 from inference.findings import Analysis
 
 LEGACY_FIELDS: tuple[str, ...] = (
@@ -46,14 +50,23 @@ def success(
         "time_of_processing": round(float(time_of_processing), 3),
         "error": None,
         "top_shap_features": [
-            {"feature": name, "value": value, "shap": shap}
+            {"feature": name, "value": json_ready({name: value})[name], "shap": shap}
             for name, value, shap in fusion.top_features
         ],
+        "fusion": {
+            "method": fusion.method,
+            "version": fusion.version,
+            "weights_sha256": list(fusion.weights_sha256),
+            "calibrated": fusion.calibrated,
+            "threshold": fusion.threshold,
+        },
         "analyzers": [
             {
                 "analyzer": r.analyzer,
                 "version": r.version,
                 "weights_sha256": list(r.weights_sha256),
+                "features_version": r.features_version,
+                "features": json_ready(r.features),
                 "findings": [
                     {
                         "label": f.label,
@@ -90,6 +103,7 @@ def failure(
         "time_of_processing": round(float(time_of_processing), 3),
         "error": error,
         "top_shap_features": None,
+        "fusion": None,
         "analyzers": None,
         "report_sop_instance_uids": None,
     }

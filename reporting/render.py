@@ -5,11 +5,13 @@ The font is Pillow's ``ImageFont.load_default(size=...)`` so the product needs n
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from inference.findings import Analysis
+from inference.findings import Analysis, Fusion
 
 DISCLAIMER = "Not for primary diagnosis. Results must be reviewed by a radiologist."
 PAGE = (1024, 1024)
@@ -33,8 +35,9 @@ def _draw_histogram(
     draw: ImageDraw.ImageDraw,
     fractions: npt.NDArray[np.float64],
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    width: int = 880,
 ) -> None:
-    left, top, width, height = 60, 560, 880, 200
+    left, top, height = 60, 560, 200
     draw.text((40, top - 50), "Lung density histogram (HU)", font=font, fill=TEXT)
     draw.line([(left, top + height), (left + width, top + height)], fill=TEXT, width=2)
     peak = float(fractions.max()) or 1.0
@@ -47,9 +50,46 @@ def _draw_histogram(
     for hu in (-1000, -750, -500, -250, 0):
         x = left + width * (hu + 1000) / 1000
         draw.text((x - 28, top + height + 8), str(hu), font=font, fill=TEXT)
-    draw.text(
-        (left + 360, top - 50), "blue: below -950 HU (emphysema)", font=font, fill=EMPHYSEMA_BLUE
-    )
+    legend = (left + 360, top - 50) if width > 600 else (40, top - 24)
+    draw.text(legend, "blue: below -950 HU (emphysema)", font=font, fill=EMPHYSEMA_BLUE)
+
+
+def _draw_contributions(
+    draw: ImageDraw.ImageDraw,
+    fusion: Fusion,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """The trained fusion's largest SHAP contributions as a small bar chart: each feature
+    with its value, and under it a bar, red when it pushed towards pathology and blue when
+    away, its length relative to the largest contribution."""
+    left, top, right = 520, 510, 990
+    small = ImageFont.load_default(size=17)
+    draw.text((left, top), f"Fusion: {fusion.method} {fusion.version}"[:34], font=font, fill=TEXT)
+    draw.text((left, top + 28), "largest SHAP contributions (log-odds)", font=small, fill=TEXT)
+    shown = fusion.top_features[:5]
+    largest = max((abs(s) for _, _, s in shown), default=0.0) or 1.0
+    centre = (left + right) // 2
+    half = (right - left) // 2
+    y = top + 58
+    for name, value, shap in shown:
+        number = "missing" if math.isnan(value) else f"{value:.3g}"
+        draw.text((left, y), f"{_display_feature(name)} = {number}"[:46], font=small, fill=TEXT)
+        draw.text((right - 52, y), f"{shap:+.2f}", font=small, fill=TEXT)
+        length = half * abs(shap) / largest
+        box = [centre, y + 22, centre + length, y + 36]
+        if shap < 0:
+            box = [centre - length, y + 22, centre, y + 36]
+        draw.rectangle(box, fill=ALERT if shap >= 0 else EMPHYSEMA_BLUE)
+        draw.line([(centre, y + 20), (centre, y + 38)], fill=TEXT, width=1)
+        y += 48
+
+
+def _display_feature(name: str) -> str:
+    """``quant.both_lungs.ground_glass_range`` -> ``ground glass range (both lungs)``."""
+    parts = name.split(".")
+    if len(parts) == 3:
+        return f"{parts[2].replace('_', ' ')} ({parts[1].replace('_', ' ')})"
+    return parts[-1].replace("_", " ")
 
 
 def summary_page(
@@ -58,7 +98,8 @@ def summary_page(
     series_label: str,
     histogram: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """The summary page: overall result, findings table, series analysed and why, disclaimer."""
+    """The summary page: overall result, findings table, lung density histogram, the trained
+    fusion's largest contributions (when one ran), series analysed and why, disclaimer."""
     image = Image.new("RGB", PAGE, BACKGROUND)
     draw = ImageDraw.Draw(image)
     big = ImageFont.load_default(size=34)
@@ -95,8 +136,11 @@ def summary_page(
             )
             y += 28
         y += 8 if finding.measurements else 36
+    chart = bool(fusion.top_features)
     if histogram is not None:
-        _draw_histogram(draw, histogram, font)
+        _draw_histogram(draw, histogram, font, width=420 if chart else 880)
+    if chart:
+        _draw_contributions(draw, fusion, font)
     draw.text((40, PAGE[1] - 150), f"Series: {series_label[:80]}", font=font, fill=TEXT)
     draw.text((40, PAGE[1] - 115), f"Why: {selection_reason[:80]}", font=font, fill=TEXT)
     draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)

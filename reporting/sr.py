@@ -9,7 +9,9 @@ Built with highdicom so that OHIF and other TID 1500 viewers can display it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import re
 from collections.abc import Sequence
 
@@ -33,7 +35,7 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from inference.findings import Analysis, AnalyzerResult, Code, Finding
+from inference.findings import Analysis, AnalyzerResult, Code, Finding, Fusion
 from inference.volume import Volume
 from reporting.keyimage import key_slices
 from reporting.uids import device_uid, output_uid
@@ -49,6 +51,7 @@ ABSENT = CodedConcept("2667000", "SCT", "Absent")
 SCORE_NAME = CodedConcept("SCORE", PRIVATE_SCHEME, "Finding score")
 PROBABILITY_NAME = CodedConcept("PROB", PRIVATE_SCHEME, "Finding probability")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
+OVERALL = CodedConcept("CTN-0100", PRIVATE_SCHEME, "Overall pathology assessment")
 
 
 def _concept(code: Code) -> CodedConcept:
@@ -131,6 +134,73 @@ def measurement_group(
     return MeasurementsAndQualitativeEvaluations(**common)  # type: ignore[arg-type]
 
 
+def fusion_group(
+    fusion: Fusion,
+    units: dict[str, str],
+    seed: tuple[str, list[str], list[tuple[str, str]]],
+) -> MeasurementsAndQualitativeEvaluations:
+    """The overall result as one TID 1501 group: the fusion's identity (TID 4019: name,
+    version, the sha256 of its files), the overall probability or score, pathology present
+    or absent, and for a trained model its largest contributions as NUM pairs: the SHAP
+    value (log-odds, no UCUM unit) and the feature's value in its unit (left out when the
+    feature is missing). Each feature gets a private code derived from its name."""
+    series_uid, instances, versions = seed
+    identifier = f"fusion/{fusion.method}"
+    tracking = TrackingIdentifier(
+        uid=output_uid(series_uid, instances, versions, f"tracking:{identifier}"),
+        identifier=identifier[:64],
+    )
+    params = [f"weights_sha256={h}" for h in fusion.weights_sha256]
+    if fusion.threshold is not None:
+        params.append(f"threshold={fusion.threshold:.6g}")
+    alg = AlgorithmIdentification(
+        name=fusion.method, version=fusion.version, parameters=params or None
+    )
+    items = [
+        Measurement(
+            name=PROBABILITY_NAME if fusion.calibrated else SCORE_NAME,
+            value=float(fusion.probability_of_pathology),
+            unit=NO_UNITS,
+            algorithm_id=alg,
+        )
+    ]
+    for name, value, shap in fusion.top_features:
+        items.append(
+            Measurement(
+                name=CodedConcept(
+                    _feature_code("S", name), PRIVATE_SCHEME, f"SHAP value of {name}"[:64]
+                ),
+                value=float(shap),
+                unit=NO_UNITS,
+                algorithm_id=alg,
+            )
+        )
+        if math.isfinite(value):
+            unit = units.get(name, "1")
+            items.append(
+                Measurement(
+                    name=CodedConcept(_feature_code("F", name), PRIVATE_SCHEME, name[:64]),
+                    value=float(value),
+                    unit=NO_UNITS if unit == "1" else CodedConcept(unit, "UCUM", unit),
+                    algorithm_id=alg,
+                )
+            )
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=OVERALL,
+        algorithm_id=alg,
+        measurements=items,
+        qualitative_evaluations=[
+            QualitativeEvaluation(name=OVERALL, value=PRESENT if fusion.pathology else ABSENT)
+        ],
+    )
+
+
+def _feature_code(prefix: str, name: str) -> str:
+    """A stable private code value (at most 16 characters) for a feature name."""
+    return f"{prefix}-{hashlib.sha256(name.encode()).hexdigest()[:12]}".upper()
+
+
 _TYPE2_FROM_SOURCE = (
     "PatientName",
     "PatientID",
@@ -156,6 +226,12 @@ def _with_type2_attributes(sources: Sequence[Dataset]) -> list[Dataset]:
         if keyword not in first:
             setattr(first, keyword, "")
     return [first, *sources[1:]]
+
+
+def _feature_units() -> dict[str, str]:
+    from inference.ensemble import feature_schema
+
+    return feature_schema().units
 
 
 def _library(analysis: Analysis, volume: Volume, sources: Sequence[Dataset]) -> list[Dataset]:
@@ -217,12 +293,15 @@ def build_sr(
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
-    groups = []
+    groups: list[
+        MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
     for result in analysis.results:
         for i, finding in enumerate(result.findings):
             groups.append(
                 measurement_group(finding, i, result, volume.frame_of_reference_uid, seed)
             )
+    groups.append(fusion_group(analysis.fusion, _feature_units(), seed))
     report = MeasurementReport(
         observation_context=context,
         procedure_reported=PROCEDURE_CT_CHEST,

@@ -124,8 +124,10 @@ def test_sr_tree_has_every_finding(written: tuple[Path, Analysis, Volume]) -> No
         if i.ValueType == "UIDREF"
         and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Unique Identifier"
     ]
-    assert len(trackers) == len(analysis.findings) == len(set(trackers))
-    assert len(tracking_uids) == len(set(tracking_uids)) == len(analysis.findings)
+    # one group per finding, and one for the overall result (which fusion ran)
+    assert len(trackers) == len(analysis.findings) + 1 == len(set(trackers))
+    assert trackers[-1] == f"fusion/{analysis.fusion.method}"
+    assert len(tracking_uids) == len(set(tracking_uids)) == len(analysis.findings) + 1
     scoords = [i for i in items if i.ValueType == "SCOORD3D"]
     assert len(scoords) == 1
     assert scoords[0].ReferencedFrameOfReferenceUID == volume.frame_of_reference_uid

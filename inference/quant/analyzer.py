@@ -23,12 +23,14 @@ measurement, 0.5 at the stated threshold (monotone: more disease, higher score):
 from __future__ import annotations
 
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from inference.features import Feature, FeatureSet
 from inference.findings import AnalyzerResult, Code, Finding, Measurement
 from inference.quant import densitometry, nodules
 from inference.quant.segmentation import segment
@@ -61,6 +63,50 @@ RULES = {
     "Lung nodule": Rule(6.0, 1.5),
 }
 CANDIDATE_CONFIDENCE = 0.9
+
+# The features the fusion model reads: every densitometry measurement per region, then the
+# nodule candidates. Bump FEATURES_VERSION when a name or a meaning changes (not for a
+# change that only makes the same measurement faster): trained fusion models then refuse
+# to load until retrained.
+FEATURES_VERSION = "1"
+REGIONS = ("both lungs", "left lung", "right lung", "lower third", "middle third", "upper third")
+MEASUREMENT_LABELS: dict[str, str | None] = {
+    "Lung volume": None,
+    "Mean lung density": None,
+    "LAA%-950": "Emphysema",
+    "Perc15": "Emphysema",
+    "HAA% (-600 to -250 HU)": "Lung opacity",
+    "Ground-glass range volume": "Lung opacity",
+    "Ground-glass range": "Lung opacity",
+    "Consolidation range volume": "Consolidation",
+    "Consolidation range": "Consolidation",
+    "Percentage of opacity": "Lung opacity",
+}
+NODULE_FEATURES = (
+    Feature("quant.nodule.max_diameter_mm", "Lung nodule", "mm"),
+    Feature("quant.nodule.count", "Lung nodule"),
+    Feature("quant.smoothed"),
+)
+
+
+def feature_name(region: str, measurement: str) -> str:
+    """``quant.<region>.<measurement>`` in lower case, runs of other characters as ``_``."""
+    slug = [re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_") for part in (region, measurement)]
+    return f"quant.{slug[0]}.{slug[1]}"
+
+
+# names and units as densitometry reports them (a region of no voxels lists them all)
+_UNITS = {m.name: m.unit for m in densitometry.empty_region("").measurements()}
+FEATURE_SET = FeatureSet(
+    NAME,
+    FEATURES_VERSION,
+    tuple(
+        Feature(feature_name(region, name), label, _UNITS[name])
+        for region in REGIONS
+        for name, label in MEASUREMENT_LABELS.items()
+    )
+    + NODULE_FEATURES,
+)
 
 
 @dataclass(frozen=True)
@@ -121,15 +167,15 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
         *_nodule_findings(candidates),
     ]
     measurements = tuple(m for region in density.regions.values() for m in region.measurements())
-    features = {
-        f"quant.{m.region.replace(' ', '_')}.{_slug(m.name)}": float(m.value) for m in measurements
-    }
+    features = {feature_name(m.region, m.name): float(m.value) for m in measurements}
     features["quant.nodule.max_diameter_mm"] = max(
         (c.diameter_mm for c in candidates), default=float("nan")
     )
     features["quant.nodule.count"] = float(len(candidates))
     features["quant.smoothed"] = 1.0 if density.smoothed else 0.0
-    result = AnalyzerResult(NAME, VERSION, tuple(findings), measurements, features)
+    result = AnalyzerResult(
+        NAME, VERSION, tuple(findings), measurements, features, features_version=FEATURES_VERSION
+    )
     overlay = {
         "lung_left": masks.left,
         "lung_right": masks.right,
@@ -206,7 +252,3 @@ def _key_slice(mask: npt.NDArray[np.bool_]) -> int | None:
 
 def _pick(measurements: tuple[Measurement, ...], *names: str) -> tuple[Measurement, ...]:
     return tuple(m for m in measurements if m.name in names)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")

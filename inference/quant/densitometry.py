@@ -146,10 +146,15 @@ def _thirds(lungs: npt.NDArray[np.bool_]) -> dict[str, npt.NDArray[np.bool_]]:
     return result
 
 
+def empty_region(name: str) -> RegionDensity:
+    """A region without voxels: zero volume, no density (NaN)."""
+    return RegionDensity(name, 0.0, float("nan"), 0.0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
 def _region(name: str, hu: npt.NDArray[np.float32], voxel_ml: float) -> RegionDensity:
     n = hu.size
     if n == 0:
-        return RegionDensity(name, 0.0, float("nan"), 0.0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0)
+        return empty_region(name)
 
     def percent(count: int) -> float:
         return 100.0 * count / n
