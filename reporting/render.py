@@ -85,7 +85,12 @@ def _draw_contributions(
 
 
 def _display_feature(name: str) -> str:
-    """``quant.both_lungs.ground_glass_range`` -> ``ground glass range (both lungs)``."""
+    """The analyzer's own title for a feature (``HAA% (-600 to -250 HU) (both lungs)``);
+    else ``quant.both_lungs.x_y`` -> ``x y (both lungs)``."""
+    from inference.quant.analyzer import FEATURE_TITLES
+
+    if name in FEATURE_TITLES:
+        return FEATURE_TITLES[name]
     parts = name.split(".")
     if len(parts) == 3:
         return f"{parts[2].replace('_', ' ')} ({parts[1].replace('_', ' ')})"

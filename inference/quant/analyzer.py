@@ -95,6 +95,13 @@ def feature_name(region: str, measurement: str) -> str:
     return f"quant.{slug[0]}.{slug[1]}"
 
 
+# How a person reads each feature (the names drop the signs of "-600 to -250 HU").
+FEATURE_TITLES = {
+    feature_name(region, name): f"{name} ({region})"
+    for region in REGIONS
+    for name in MEASUREMENT_LABELS
+}
+
 # names and units as densitometry reports them (a region of no voxels lists them all)
 _UNITS = {m.name: m.unit for m in densitometry.empty_region("").measurements()}
 FEATURE_SET = FeatureSet(
