@@ -8,7 +8,6 @@ ours; the client's file name is never used.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -39,42 +38,39 @@ async def receive_file(
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise UploadError(400, "not_multipart", f"send the archive as multipart field '{field}'")
-    sink = _FieldSink(field, open(target, "wb"))  # noqa: SIM115 - closed below
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": sink.on_part_begin,
-            "on_header_field": sink.on_header_field,
-            "on_header_value": sink.on_header_value,
-            "on_header_end": sink.on_header_end,
-            "on_part_data": sink.on_part_data,
-        },
-    )
-    received = 0
-    try:
-        async for chunk in body:
-            received += len(chunk)
-            if received > cap:
-                raise UploadError(413, "too_large", f"the upload exceeds {cap // 2**20} MiB")
-            parser.write(chunk)
-        parser.finalize()
-        if not sink.found:
-            raise UploadError(400, "no_file", f"the request has no multipart field '{field}'")
-        sink.out.flush()
-        os.fsync(sink.out.fileno())
-        return sink.out.tell()
-    except UploadError:
-        sink.out.close()
-        target.unlink(missing_ok=True)
-        raise
-    except Exception as exc:  # a malformed body: python-multipart's parse errors
-        sink.out.close()
-        target.unlink(missing_ok=True)
-        raise UploadError(
-            400, "bad_multipart", f"the multipart body cannot be parsed: {exc}"
-        ) from exc
-    finally:
-        sink.out.close()
+    with open(target, "wb") as out:
+        sink = _FieldSink(field, out)
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": sink.on_part_begin,
+                "on_header_field": sink.on_header_field,
+                "on_header_value": sink.on_header_value,
+                "on_header_end": sink.on_header_end,
+                "on_part_data": sink.on_part_data,
+            },
+        )
+        received = 0
+        try:
+            async for chunk in body:
+                received += len(chunk)
+                if received > cap:
+                    raise UploadError(413, "too_large", f"the upload exceeds {cap // 2**20} MiB")
+                parser.write(chunk)
+            parser.finalize()
+            if not sink.found:
+                raise UploadError(400, "no_file", f"the request has no multipart field '{field}'")
+            # No fsync: the archive is transient; each instance in it is made durable
+            # when the SCP's store path places it in the spool.
+            return out.tell()
+        except UploadError:
+            target.unlink(missing_ok=True)
+            raise
+        except Exception as exc:  # a malformed body: python-multipart's parse errors
+            target.unlink(missing_ok=True)
+            raise UploadError(
+                400, "bad_multipart", f"the multipart body cannot be parsed: {exc}"
+            ) from exc
 
 
 class _FieldSink:
