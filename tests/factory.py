@@ -2,7 +2,8 @@
 
 ``ct_series`` builds valid CT Image Storage datasets with real geometry; ``hu`` is either a
 constant or a function of the voxel grid, so tests can place known structures (ellipsoid
-lungs, spheres, cylinders) at known positions.
+lungs, spheres, cylinders) at known positions. ``index_series`` files such a series into a
+spool and index as the SCP would, for tests of what comes after receiving.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
 )
+
+from node.index import Index
+from scp.sink import ReceivedInstance
+from scp.spool import Spool
+from scp.validation import Identity
 
 HUFunction = Callable[
     [npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]],
@@ -175,3 +181,20 @@ def write_series(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def index_series(index: Index, spool: Spool, datasets: Sequence[Dataset]) -> str:
+    """Put ``datasets`` in ``spool`` and ``index`` as the node's SCP would (without the
+    network); the series UID."""
+    for k, ds in enumerate(datasets):
+        relative = Spool.relative_path(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, f"{k:064x}"
+        )
+        temp = spool.tmp_dir / "in.dcm"
+        ds.save_as(temp, enforce_file_format=True)
+        spool.place(temp, relative)
+        identity = Identity(
+            ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID
+        )
+        index.record(ReceivedInstance(identity, ds, relative, f"{k:064x}", 1, "1.2", "SCU"))
+    return str(datasets[0].SeriesInstanceUID)

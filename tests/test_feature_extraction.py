@@ -15,9 +15,8 @@ from node.features import _index_units, _node_data_dir
 from node.index import Index
 from node.pipeline import AnalysisPipeline
 from node.worker import Worker
-from scp.sink import ReceivedInstance
 from scp.spool import Spool
-from scp.validation import Identity
+from tests.factory import index_series
 from tests.phantoms import chest_phantom
 from training.extract import Unit, extract, extract_unit
 
@@ -54,19 +53,7 @@ def test_folders_zips_failures_and_the_cache(tmp_path: Path) -> None:
 
 def receive(index: Index, spool: Spool, paths: list[Path]) -> str:
     """Store ``paths`` as the node's SCP would, return the series UID."""
-    for k, path in enumerate(paths):
-        ds = pydicom.dcmread(path)
-        relative = Spool.relative_path(
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, f"{k:064x}"
-        )
-        temp = spool.tmp_dir / "in.dcm"
-        ds.save_as(temp, enforce_file_format=True)
-        spool.place(temp, relative)
-        identity = Identity(
-            ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID
-        )
-        index.record(ReceivedInstance(identity, ds, relative, f"{k:064x}", 1, "1.2", "SCU"))
-    return str(ds.SeriesInstanceUID)
+    return index_series(index, spool, [pydicom.dcmread(path) for path in paths])
 
 
 def test_the_nodes_results_are_reused(tmp_path: Path) -> None:

@@ -12,26 +12,12 @@ import pytest
 from node.index import Index
 from node.recovery import recover
 from node.worker import AnalysisRequest, OutputObject, PipelineResult, Worker
-from scp.sink import ReceivedInstance
 from scp.spool import Spool
-from scp.validation import Identity
-from tests.factory import ct_series, uid
+from tests.factory import ct_series, index_series, uid
 
 
 def receive(index: Index, spool: Spool, seed: str, n: int = 3, study_uid: str | None = None) -> str:
-    series = ct_series(n, 8, 8, seed=seed, study_uid=study_uid)
-    for k, ds in enumerate(series):
-        relative = Spool.relative_path(
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, f"{k:064x}"
-        )
-        temp = spool.tmp_dir / "in.dcm"
-        ds.save_as(temp, enforce_file_format=True)
-        spool.place(temp, relative)
-        identity = Identity(
-            ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID
-        )
-        index.record(ReceivedInstance(identity, ds, relative, f"{k:064x}", 1, "1.2", "SCU"))
-    return str(series[0].SeriesInstanceUID)
+    return index_series(index, spool, ct_series(n, 8, 8, seed=seed, study_uid=study_uid))
 
 
 class SummaryPipeline:
