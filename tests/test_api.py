@@ -22,18 +22,25 @@ from tests.factory import ct_series
 TOKEN = "s3cret-token"
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
+def start_node(tmp_path: Path, token: str = TOKEN, weights_dir: str = "weights") -> Node:
+    """A receiving node (no worker) with the API on a free port."""
     base = config.load(None, {})
     settings = dataclasses.replace(
         base,
         scp=dataclasses.replace(base.scp, host="127.0.0.1", port=0),
         storage=dataclasses.replace(base.storage, data_dir=str(tmp_path / "var")),
         assembly=dataclasses.replace(base.assembly, stable_age=0.5, tick=0.1),
-        api=dataclasses.replace(base.api, port=0, token=TOKEN),
+        api=dataclasses.replace(base.api, port=0, token=token),
+        neural=dataclasses.replace(base.neural, weights_dir=weights_dir),
     )
     running = Node(settings)
     running.start()
+    return running
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    running = start_node(tmp_path)
     yield running
     running.stop()
 
@@ -141,16 +148,7 @@ def test_corrupt_registered_weights_make_the_node_unhealthy(tmp_path: Path) -> N
         f'sha256 = "{"0" * 64}"\nsize = 28\nlicence = "CC BY-NC-SA 4.0"\n'
         'source = "https://example.invalid/ct-clip"\nanalyzer = "ctclip"\n'
     )
-    base = config.load(None, {})
-    settings = dataclasses.replace(
-        base,
-        scp=dataclasses.replace(base.scp, host="127.0.0.1", port=0),
-        storage=dataclasses.replace(base.storage, data_dir=str(tmp_path / "var")),
-        api=dataclasses.replace(base.api, port=0),
-        neural=dataclasses.replace(base.neural, weights_dir=str(store)),
-    )
-    running = Node(settings)
-    running.start()
+    running = start_node(tmp_path, token="", weights_dir=str(store))
     try:
         status, body, _ = get(running, "/health", token=None)
         assert status == 503 and "analyzers" in body["failing"]
