@@ -1,8 +1,11 @@
 # ctnode as an offline image: everything installed at build time, nothing fetched at run time.
 #   docker build -t ctnode .
 #   docker run -p 11112:11112 -v ctnode-data:/data ctnode
-# Weights a site obtained go into weights/ before the build (`ctnode weights import`); the
-# build fails if any registered file there does not match its sha256 in the manifest.
+# Weights a site obtained go into weights/ before the build (`ctnode weights register` or
+# `import`); the build fails if a registered file there does not match its sha256 in the
+# manifest or cannot run as its analyzer (`ctnode weights check` loads each as the node
+# would and caches CT-CLIP's prompt latents beside it). torch comes from PyPI: its wheel
+# runs on the CPU and on NVIDIA GPUs (`docker run --gpus all ...`).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,7 +23,7 @@ COPY reporting ./reporting
 COPY node ./node
 COPY training ./training
 COPY weights ./weights
-RUN pip install . && ctnode config > /dev/null && ctnode weights list
+RUN pip install '.[neural]' && ctnode config > /dev/null && ctnode weights list && ctnode weights check
 
 RUN useradd --system --uid 10001 --home-dir /data ctnode \
     && mkdir -p /data && chown ctnode:ctnode /data

@@ -31,7 +31,7 @@ def child(folder: str, sharp: str) -> None:
     volume = load_series(paths)
     loaded = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    analysis = ensemble.run(volume, sharp_kernel=sharp == "sharp")
+    analysis = ensemble.Ensemble().run(volume, sharp_kernel=sharp == "sharp")
     done = time.perf_counter()
     print(
         json.dumps(

@@ -233,11 +233,22 @@ class IntakeSettings:
 
 @dataclass(frozen=True)
 class NeuralSettings:
-    """Neural analyzers (CT-CLIP): where verified weights live and how inference runs."""
+    """Neural analyzers (CT-CLIP): where verified weights live and how inference runs.
+
+    ``models`` names the registered weights to run when the manifest holds several for one
+    analyzer (e.g. CT-CLIP_v2 and VocabFine_v2, both zero-shot); empty = the first
+    registered of each. ``bf16_autocast`` applies on CUDA, ``cpu_bf16`` on the CPU.
+    """
 
     weights_dir: str = "weights"
     cpu_threads: int = 2
     bf16_autocast: bool = True
+    cpu_bf16: bool = False
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.cpu_threads < 1:
+            raise ValueError(f"neural.cpu_threads must be at least 1, not {self.cpu_threads}")
 
 
 @dataclass(frozen=True)
@@ -248,12 +259,17 @@ class FusionSettings:
     ``probability_of_pathology`` reaches ``threshold``, and only findings at or above it
     compete for ``most_dangerous_pathology_type``. ``model`` names a trained fusion model in
     the weights store (``ctnode fusion train``); it brings its own threshold, chosen at
-    training, and reports its ``top_k`` largest SHAP contributions.
+    training, and reports its ``top_k`` largest SHAP contributions. The rule-based fusion
+    reads the findings of ``rule_analyzers`` only: scores whose 0.5 is a decision threshold.
+    CT-CLIP's zero-shot probabilities are not (its authors choose a threshold per label on
+    validation data), so they are reported and feed a trained model, but decide nothing by
+    default.
     """
 
     threshold: float = 0.5
     model: str = ""
     top_k: int = 5
+    rule_analyzers: tuple[str, ...] = ("quantitative",)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:

@@ -12,6 +12,7 @@ downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,8 @@ from inference.weights import ModelEntry, WeightsError, read_manifest, status
 
 # The ensemble of the design card, by the ``analyzer`` name the manifest uses.
 NEURAL = ("ctclip", "ctclip-supervised", "diffusion-anomaly", "fvlm", "mednext", "fusion")
-# Neural analyzers the node runs when their weights verify (none yet: CT-CLIP's model and
-# loading are done, its place in the node's ensemble is the rest of issue 9).
-WIRED: frozenset[str] = frozenset()
+# Neural analyzers the node runs when their weights verify (``inference.ensemble.build``).
+WIRED = frozenset({"ctclip", "ctclip-supervised"})
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,46 @@ class AnalyzerState:
     fault: bool = False  # weights registered but missing or corrupt: the site must act
 
 
-def analyzer_states(weights_dir: Path, fusion_model: str = "") -> list[AnalyzerState]:
-    states = [AnalyzerState("quantitative", True, "needs no weights")]
+def _entries(weights_dir: Path) -> list[ModelEntry]:
     manifest = weights_dir / "manifest.toml"
+    return read_manifest(manifest) if manifest.is_file() else []
+
+
+def _pick(entries: list[ModelEntry], name: str, models: Sequence[str]) -> list[ModelEntry]:
+    """The entries analyzer ``name`` uses: for a neural analyzer the one ``[neural] models``
+    names (else the first registered); a trained fusion keeps all its files."""
+    mine = [e for e in entries if e.analyzer == name]
+    if name not in WIRED or not mine:
+        return mine
+    named = [e for e in mine if e.name in models]
+    return named[:1] or mine[:1]
+
+
+def chosen_entries(weights_dir: Path, models: Sequence[str] = ()) -> dict[str, ModelEntry]:
+    """The registered entry each wired neural analyzer runs."""
+    entries = _entries(weights_dir)
+    return {name: picked[0] for name in WIRED if (picked := _pick(entries, name, models))}
+
+
+def analyzer_states(
+    weights_dir: Path, fusion_model: str = "", models: Sequence[str] = ()
+) -> list[AnalyzerState]:
+    states = [AnalyzerState("quantitative", True, "needs no weights")]
     try:
-        entries = read_manifest(manifest) if manifest.is_file() else []
+        entries = _entries(weights_dir)
     except WeightsError as exc:
         return states + [AnalyzerState(n, False, str(exc), fault=True) for n in NEURAL]
+    unknown = [m for m in models if m not in {e.name for e in entries}]
     for name in NEURAL:
-        mine = [e for e in entries if e.analyzer == name]
+        mine = _pick(entries, name, models)
+        if name in WIRED and unknown and not any(e.name in models for e in mine):
+            # a model the site chose is not registered and may have been meant for this
+            # analyzer: running another of its models would not be what was asked
+            wanted = ", ".join(unknown)
+            states.append(
+                AnalyzerState(name, False, f"[neural] models names {wanted}: not registered", True)
+            )
+            continue
         if not mine:
             reason = "no weights registered in the manifest"
             if name == "fusion":
@@ -63,7 +94,7 @@ def analyzer_states(weights_dir: Path, fusion_model: str = "") -> list[AnalyzerS
             reason = "weights verified; not yet part of the node's ensemble"
             states.append(AnalyzerState(name, False, reason))
         else:
-            states.append(AnalyzerState(name, True, "weights verified"))
+            states.append(AnalyzerState(name, True, f"weights verified ({mine[0].name})"))
     return states
 
 

@@ -1,32 +1,195 @@
-"""Run the enabled analyzers on a volume and fuse their results into an ``Analysis``.
+"""The analyzers this node runs on a volume, and their fusion into an ``Analysis``.
 
-Today the quantitative analyzer always runs (it needs no weights); neural analyzers join
-here as their weights become available, and their feature sets join ``FEATURE_SETS``, the
-node's feature schema that a trained fusion model must match.
+The quantitative analyzer always runs (it needs no weights). A neural analyzer joins when
+the weights store holds verified weights for it (``inference.availability``) and they load
+(:func:`build`, once per process: the models stay resident). The ensemble's feature schema
+is the feature sets of the analyzers it runs, in a fixed order: what a trained fusion model
+must have been trained on.
+
+A neural analyzer that fails on one volume does not fail the analysis: its features are
+NaN, the failure is logged and named in the outputs, and the other analyzers' results
+stand.
 """
 
 from __future__ import annotations
 
-from inference.features import FeatureSchema
-from inference.findings import Analysis
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from inference.availability import AnalyzerState, analyzer_states, chosen_entries
+from inference.ctclip import results as ctclip_results
+from inference.features import FeatureSchema, FeatureSet
+from inference.findings import Analysis, AnalyzerResult
 from inference.fusion import FusionModel, RuleBasedFusion
 from inference.quant import analyzer as quantitative
 from inference.volume import Volume
 
-FEATURE_SETS = (quantitative.FEATURE_SET,)
-# Code version of each analyzer: cached features are reused only from the same code.
-ANALYZER_VERSIONS = {quantitative.NAME: quantitative.VERSION}
+if TYPE_CHECKING:
+    from config import Settings
+
+log = logging.getLogger(__name__)
+
+# Every analyzer's feature set, in the order a schema lists them.
+FEATURE_SETS: dict[str, FeatureSet] = {
+    quantitative.NAME: quantitative.FEATURE_SET,
+    **ctclip_results.FEATURE_SETS,
+}
+FEATURE_TITLES = {**quantitative.FEATURE_TITLES, **ctclip_results.FEATURE_TITLES}
 
 
-def feature_schema() -> FeatureSchema:
-    """The features this node's analyzers publish, in the order a fusion model reads them."""
-    return FeatureSchema(FEATURE_SETS)
+class NeuralAnalyzer(Protocol):
+    """A resident model: ``name`` is its analyzer, ``version`` names its weights."""
+
+    name: str
+    version: str
+    weights_sha256: tuple[str, ...]
+
+    @property
+    def on_cpu(self) -> bool: ...
+
+    def analyze(self, volume: Volume) -> AnalyzerResult: ...
 
 
-def run(
-    volume: Volume, *, sharp_kernel: bool, fusion: FusionModel | None = None, max_nodules: int = 5
-) -> Analysis:
-    quant = quantitative.analyze(volume, sharp_kernel=sharp_kernel, max_nodules=max_nodules)
-    results = (quant.result,)
-    fused = (fusion or RuleBasedFusion()).fuse(results)
-    return Analysis(volume.study_uid, volume.series_uid, results, fused, quant.masks)
+def feature_schema(analyzers: Sequence[str] = (quantitative.NAME,)) -> FeatureSchema:
+    """The features ``analyzers`` publish, in the order a fusion model reads them."""
+    unknown = [a for a in analyzers if a not in FEATURE_SETS]
+    if unknown:
+        raise ValueError(f"no feature set for analyzer(s) {', '.join(unknown)}")
+    return FeatureSchema(tuple(FEATURE_SETS[a] for a in FEATURE_SETS if a in analyzers))
+
+
+def planned_schema(settings: Settings) -> FeatureSchema:
+    """The schema the node's ensemble will have, from the weights store alone (no model
+    is loaded): for training and checking a fusion model offline."""
+    states = analyzer_states(
+        Path(settings.neural.weights_dir), settings.fusion.model, settings.neural.models
+    )
+    return feature_schema(tuple(s.name for s in states if s.enabled and s.name in FEATURE_SETS))
+
+
+def feature_units() -> dict[str, str]:
+    """The UCUM unit of every feature any analyzer publishes."""
+    return {f.name: f.unit for s in FEATURE_SETS.values() for f in s.features}
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The quantitative analyzer plus the loaded neural analyzers; ``states`` says for every
+    analyzer of the design whether it runs and why (for logs, ``/health`` and reports)."""
+
+    neural: tuple[NeuralAnalyzer, ...] = ()
+    states: tuple[AnalyzerState, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (quantitative.NAME, *(a.name for a in self.neural))
+
+    def feature_schema(self) -> FeatureSchema:
+        return feature_schema(self.names)
+
+    def versions(self) -> dict[str, str]:
+        """Each analyzer's version (a neural one's names its weights and code): cached
+        features are reused only from the same version."""
+        return {quantitative.NAME: quantitative.VERSION, **{a.name: a.version for a in self.neural}}
+
+    def not_running(self) -> tuple[tuple[str, str], ...]:
+        """(analyzer, reason) for each analyzer of the design that does not run here."""
+        return tuple(
+            (s.name, s.reason) for s in self.states if not s.enabled and s.name != "fusion"
+        )
+
+    def run(
+        self,
+        volume: Volume,
+        *,
+        sharp_kernel: bool,
+        fusion: FusionModel | None = None,
+        max_nodules: int = 5,
+    ) -> Analysis:
+        """Every analyzer on ``volume``, then the fusion. Analyzers on a GPU run while the
+        quantitative analysis uses the CPU; on the CPU they run one after the other (both
+        already use every core)."""
+        offloaded = [a for a in self.neural if not a.on_cpu]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [(a, pool.submit(a.analyze, volume)) for a in offloaded]
+            quant = quantitative.analyze(volume, sharp_kernel=sharp_kernel, max_nodules=max_nodules)
+            done = [(a, _outcome(a, volume)) for a in self.neural if a.on_cpu]
+            done += [(a, _collect(a, future, volume)) for a, future in pending]
+        order = {name: i for i, name in enumerate(self.names)}
+        done.sort(key=lambda pair: order[pair[0].name])
+        results = (quant.result, *(r for _, r in done if isinstance(r, AnalyzerResult)))
+        failed = tuple((a.name, r) for a, r in done if isinstance(r, str))
+        fused = (fusion or RuleBasedFusion()).fuse(results)
+        return Analysis(
+            volume.study_uid,
+            volume.series_uid,
+            results,
+            fused,
+            quant.masks,
+            not_run=self.not_running() + failed,
+        )
+
+
+def _outcome(analyzer: NeuralAnalyzer, volume: Volume) -> AnalyzerResult | str:
+    """The analyzer's result, or the reason it failed on this volume."""
+    try:
+        return analyzer.analyze(volume)
+    except Exception as exc:  # a model failing on one volume must not fail the study
+        return _failed(analyzer, volume, exc)
+
+
+def _collect(
+    analyzer: NeuralAnalyzer, future: Future[AnalyzerResult], volume: Volume
+) -> AnalyzerResult | str:
+    try:
+        return future.result()
+    except Exception as exc:
+        return _failed(analyzer, volume, exc)
+
+
+def _failed(analyzer: NeuralAnalyzer, volume: Volume, exc: Exception) -> str:
+    from scp.uids import uid_hash
+
+    reason = f"failed on this series: {type(exc).__name__}: {exc}"[:200]
+    log.warning("analyzer %s %s (series %s)", analyzer.name, reason, uid_hash(volume.series_uid))
+    return reason
+
+
+def build(settings: Settings) -> Ensemble:
+    """The ensemble ``settings`` allow: weights verified, enabled models loaded. A registered
+    model that fails to load is disabled with the reason (a fault the site must mend) rather
+    than stopping the node: the other analyzers still serve."""
+    store = Path(settings.neural.weights_dir)
+    states = analyzer_states(store, settings.fusion.model, settings.neural.models)
+    neural: list[NeuralAnalyzer] = []
+    final: list[AnalyzerState] = []
+    for state in states:
+        if not state.enabled or state.name not in ctclip_results.ANALYZERS:
+            final.append(state)
+            continue
+        entry = chosen_entries(store, settings.neural.models)[state.name]
+        try:
+            from inference.ctclip.analyzer import load
+
+            neural.append(load(store, entry, settings.neural))
+            final.append(state)
+        except (ValueError, ImportError) as exc:
+            log.error("analyzer %s cannot run: %s", state.name, exc)
+            final.append(replace(state, enabled=False, reason=str(exc), fault=True))
+    return Ensemble(tuple(neural), tuple(final))
+
+
+def shared(settings: Settings) -> Ensemble:
+    """The process's ensemble for ``settings``' weights: built once, models kept resident
+    (``ctnode features`` worker processes each build their own on first use)."""
+    key = (settings.neural, settings.fusion.model)
+    if key not in _SHARED:
+        _SHARED[key] = build(settings)
+    return _SHARED[key]
+
+
+_SHARED: dict[object, Ensemble] = {}

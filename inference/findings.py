@@ -44,6 +44,32 @@ class Code:
     meaning: str
 
 
+# Codes of the shared vocabulary: SNOMED CT where one names the finding, else a private
+# code of ctnode's scheme (declared in every SR's Coding Scheme Identification Sequence).
+_SNOMED = {
+    "Cardiomegaly": ("8186001", "Cardiomegaly"),
+    "Pericardial effusion": ("373945007", "Pericardial effusion"),
+    "Hiatal hernia": ("84089009", "Hiatal hernia"),
+    "Lymphadenopathy": ("30746006", "Lymphadenopathy"),
+    "Emphysema": ("87433001", "Pulmonary emphysema"),
+    "Atelectasis": ("46621007", "Atelectasis"),
+    "Pleural effusion": ("60046008", "Pleural effusion"),
+    "Consolidation": ("95436008", "Lung consolidation"),
+    "Bronchiectasis": ("12295008", "Bronchiectasis"),
+}
+PRIVATE_SCHEME = "99CTNODE"
+
+
+def label_code(label: str) -> Code:
+    """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``."""
+    if label not in CT_RATE_LABELS:
+        raise ValueError(f"{label!r} is not a CT-RATE label")
+    if label in _SNOMED:
+        value, meaning = _SNOMED[label]
+        return Code(value, "SCT", meaning)
+    return Code(f"CTRATE-{CT_RATE_LABELS.index(label) + 1:02d}", PRIVATE_SCHEME, label)
+
+
 @dataclass(frozen=True)
 class Measurement:
     """A named quantity with UCUM units, optionally restricted to a region (e.g. left lung)."""
@@ -124,6 +150,8 @@ class Analysis:
     ``masks`` are boolean arrays on the analysed volume's grid ``(z, y, x)`` that reporting
     draws on key images. Known names: ``lung_left``, ``lung_right``, ``emphysema``,
     ``ground_glass``, ``consolidation``; other names are drawn with a generic colour.
+    ``not_run`` names each analyzer of the ensemble that gave no result, and why (no
+    weights, failed on this series): every output says so.
     """
 
     study_uid: str
@@ -131,6 +159,7 @@ class Analysis:
     results: tuple[AnalyzerResult, ...]
     fusion: Fusion
     masks: Mapping[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    not_run: tuple[tuple[str, str], ...] = ()
 
     @property
     def findings(self) -> tuple[Finding, ...]:

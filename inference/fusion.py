@@ -16,6 +16,7 @@ from inference.findings import AnalyzerResult, Finding, Fusion
 
 if TYPE_CHECKING:
     from config import Settings
+    from inference.features import FeatureSchema
 
 NO_PATHOLOGY = "No significant pathology"
 UNSPECIFIED = "Unspecified abnormality"
@@ -56,17 +57,28 @@ class FusionModel(Protocol):
 
 
 class RuleBasedFusion:
-    """The overall score is the highest finding score; ``pathology`` when it reaches the
-    threshold; the most dangerous type is the most severe finding at or above it."""
+    """The overall score is the highest finding score of ``analyzers``; ``pathology`` when
+    it reaches the threshold; the most dangerous type is the most severe finding at or
+    above it. Other analyzers' findings are reported but do not decide (``[fusion]
+    rule_analyzers``: only scores whose 0.5 means something belong here)."""
 
     name = "rule-based"
     version = "1.0.0"
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(
+        self, threshold: float = 0.5, analyzers: Sequence[str] = ("quantitative",)
+    ) -> None:
         self.threshold = threshold
+        self.analyzers = tuple(analyzers)
 
     def fuse(self, results: Sequence[AnalyzerResult]) -> Fusion:
-        findings = [f for r in results for f in r.findings if f.score is not None]
+        findings = [
+            f
+            for r in results
+            if r.analyzer in self.analyzers
+            for f in r.findings
+            if f.score is not None
+        ]
         probability = max((float(f.score or 0.0) for f in findings), default=0.0)
         positive = [f for f in findings if (f.score or 0.0) >= self.threshold]
         return Fusion(
@@ -108,7 +120,7 @@ def _by_severity(labels: set[str]) -> list[str]:
     return sorted(labels, key=lambda label: (rank.get(label, len(rank)), label))
 
 
-def load_fusion(settings: Settings) -> FusionModel:
+def load_fusion(settings: Settings, schema: FeatureSchema) -> FusionModel:
     """The fusion ``settings`` ask for: the trained model named by ``[fusion] model`` (from
     the weights store, verified, its feature schema checked against this node's analyzers),
     else the rule-based fusion with ``[fusion] threshold``.
@@ -118,15 +130,14 @@ def load_fusion(settings: Settings) -> FusionModel:
     site did not choose.
     """
     if not settings.fusion.model:
-        return RuleBasedFusion(settings.fusion.threshold)
+        return RuleBasedFusion(settings.fusion.threshold, settings.fusion.rule_analyzers)
     from pathlib import Path
 
-    from inference.ensemble import feature_schema
     from inference.trained_fusion import load
 
     return load(
         Path(settings.neural.weights_dir),
         settings.fusion.model,
-        feature_schema(),
+        schema,
         top_k=settings.fusion.top_k,
     )

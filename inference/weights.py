@@ -37,7 +37,13 @@ class WeightsError(ValueError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One ``[[models]]`` table of the manifest."""
+    """One ``[[models]]`` table of the manifest.
+
+    Optional for CT-CLIP checkpoints: ``architecture``, a JSON file in the store with the
+    architecture's hyperparameters when they are not the published ones (the form of
+    ``shared/models/ctclip-tiny-reference/tiny_config.json``), and ``vocab``, the tokenizer's
+    ``vocab.txt`` from which the prompt latents are computed once and cached.
+    """
 
     name: str
     version: str
@@ -47,9 +53,21 @@ class ModelEntry:
     licence: str
     source: str
     analyzer: str
+    architecture: str = ""
+    vocab: str = ""
 
 
 FIELDS = ("name", "version", "file", "sha256", "size", "licence", "source", "analyzer")
+OPTIONAL_FIELDS = ("architecture", "vocab")
+HEADER = (
+    "# Model weights the analyzers load, verified by sha256 before use.\n"
+    "# One [[models]] table per file: name, version, file, sha256, size, licence, source, "
+    "analyzer;\n# CT-CLIP checkpoints may add architecture (JSON) and vocab (vocab.txt).\n"
+)
+
+
+def _plain_name(name: str) -> bool:
+    return Path(name).name == name and name not in ("", ".", "..")
 
 
 def read_manifest(path: Path) -> list[ModelEntry]:
@@ -63,9 +81,11 @@ def read_manifest(path: Path) -> list[ModelEntry]:
         missing = [f for f in FIELDS if f not in table]
         if missing:
             raise WeightsError("bad-manifest", f"model #{i + 1} lacks {', '.join(missing)}")
-        entry = ModelEntry(**{f: table[f] for f in FIELDS})
-        if Path(entry.file).name != entry.file or entry.file in ("", ".", ".."):
-            raise WeightsError("bad-manifest", f"{entry.name}: file must be a plain name")
+        entry = ModelEntry(**{f: table[f] for f in FIELDS + OPTIONAL_FIELDS if f in table})
+        for key in ("file", *OPTIONAL_FIELDS):
+            value = getattr(entry, key)
+            if (key == "file" or value) and not _plain_name(value):
+                raise WeightsError("bad-manifest", f"{entry.name}: {key} must be a plain name")
         if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
             raise WeightsError("bad-manifest", f"{entry.name}: sha256 must be 64 lower-case hex")
         entries.append(entry)
@@ -192,3 +212,76 @@ def fetch(
     os.replace(part, target)
     cached_sha256(target)
     return target
+
+
+def write_atomic(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` (temporary file, fsync, rename); its sha256."""
+    tmp = path.with_name(path.name + ".writing")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def update_manifest(path: Path, new: tuple[ModelEntry, ...]) -> None:
+    """Replace the entries of the same names (or add them) and keep the others; the file is
+    rewritten atomically with the standard header comment."""
+    existing = read_manifest(path) if path.is_file() else []
+    names = {e.name for e in new}
+    entries = [e for e in existing if e.name not in names] + list(new)
+    body = [HEADER]
+    if not entries:
+        body.append("models = []\n")
+    for entry in entries:
+        body.append("\n[[models]]\n")
+        for key in FIELDS + OPTIONAL_FIELDS:
+            value = getattr(entry, key)
+            if key in OPTIONAL_FIELDS and not value:
+                continue
+            text = str(value) if isinstance(value, int) else json.dumps(value)
+            body.append(f"{key} = {text}\n")
+    write_atomic(path, "".join(body).encode("utf-8"))
+
+
+def register(
+    store: Path,
+    source: Path,
+    *,
+    name: str,
+    analyzer: str,
+    version: str = "1",
+    licence: str = "",
+    origin: str = "",
+    architecture: str = "",
+    vocab: str = "",
+) -> ModelEntry:
+    """Copy a weights file a site obtained into the store and add it to the manifest with its
+    size and sha256: for checkpoints whose provider publishes no hash we can ship. The
+    ``architecture`` and ``vocab`` files, when named, must already be in the store."""
+    if not source.is_file():
+        raise WeightsError("no-file", f"{source} does not exist")
+    for key, value in (("architecture", architecture), ("vocab", vocab)):
+        if value and not (_plain_name(value) and (store / value).is_file()):
+            raise WeightsError("no-file", f"{key} {value!r} is not a file in {store}")
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / source.name
+    if source.resolve() != target.resolve():
+        part = store / (source.name + ".importing")
+        shutil.copyfile(source, part)
+        os.replace(part, target)
+    entry = ModelEntry(
+        name,
+        version,
+        target.name,
+        cached_sha256(target),
+        target.stat().st_size,
+        licence or "as obtained by this site; see the provider's terms",
+        origin or "registered locally (ctnode weights register)",
+        analyzer,
+        architecture,
+        vocab,
+    )
+    update_manifest(store / "manifest.toml", (entry,))
+    return entry

@@ -33,13 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inference import ensemble
     from inference.errors import IntakeError, InvalidSeries
     from inference.fusion import load_fusion
     from inference.prepare import prepare
 
     settings = load_settings(args)
+    analyzers = ensemble.shared(settings)
+    for state in analyzers.states:
+        if state.fault:
+            print(f"ctnode: analyzer {state.name} disabled: {state.reason}", file=sys.stderr)
     try:
-        fusion = load_fusion(settings)
+        fusion = load_fusion(settings, analyzers.feature_schema())
     except ValueError as exc:
         print(f"ctnode: fusion model {settings.fusion.model!r}: {exc}", file=sys.stderr)
         return 4
@@ -73,7 +78,8 @@ def analyse(
 ) -> dict[str, Any]:
     """Run the analysis on a study's chosen volume: the legacy JSON plus the decision; with
     ``out``, also the DICOM SR and secondary captures and ``result.json`` in that folder.
-    ``fusion`` defaults to what ``settings`` configure (``inference.fusion.load_fusion``)."""
+    ``fusion`` defaults to what ``settings`` configure (``inference.fusion.load_fusion``);
+    the analyzers are the process's ensemble for ``settings`` (``inference.ensemble.shared``)."""
     import time
 
     import reporting
@@ -82,6 +88,7 @@ def analyse(
     from inference.selection import LUNG
     from reporting import legacy_json
 
+    analyzers = ensemble.shared(settings)
     decision = describe(plan)
     started = time.perf_counter()
     if plan.volume is None:
@@ -93,10 +100,10 @@ def analyse(
             legacy_json.write(result, out / "result.json")
     else:
         chosen = plan.chosen
-        analysis = ensemble.run(
+        analysis = analyzers.run(
             plan.volume,
             sharp_kernel=bool(chosen and chosen.kernel_class == LUNG),
-            fusion=fusion or load_fusion(settings),
+            fusion=fusion or load_fusion(settings, analyzers.feature_schema()),
         )
         seconds = time.perf_counter() - started
         if out is not None:

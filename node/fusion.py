@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.common import add_config_argument, load_settings
+
+if TYPE_CHECKING:
+    from config import Settings
 
 HELP = "train a fusion model on labelled studies (train), or check a registered one (check)"
 
@@ -67,19 +71,19 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     store = Path(args.store or settings.neural.weights_dir)
     if args.action == "check":
-        return _check(store, args.name or settings.fusion.model, settings.fusion.top_k)
-    return _train(args, store)
+        return _check(settings, store, args.name or settings.fusion.model)
+    return _train(args, settings, store)
 
 
-def _check(store: Path, name: str, top_k: int) -> int:
-    from inference.ensemble import feature_schema
+def _check(settings: Settings, store: Path, name: str) -> int:
+    from inference.ensemble import planned_schema
     from inference.trained_fusion import FusionModelError, load
 
     if not name:
         print("ctnode fusion check: no model named and [fusion] model is empty", file=sys.stderr)
         return 2
     try:
-        model = load(store, name, feature_schema(), top_k=top_k)
+        model = load(store, name, planned_schema(settings), top_k=settings.fusion.top_k)
     except FusionModelError as exc:
         print(f"ctnode fusion check: {exc}", file=sys.stderr)
         return 1
@@ -92,8 +96,8 @@ def _check(store: Path, name: str, top_k: int) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, store: Path) -> int:
-    from inference.ensemble import feature_schema
+def _train(args: argparse.Namespace, settings: Settings, store: Path) -> int:
+    from inference.ensemble import planned_schema
     from training.train import TrainOptions
     from training.workflow import Request, train_and_register
 
@@ -124,7 +128,7 @@ def _train(args: argparse.Namespace, store: Path) -> int:
         ),
     )
     try:
-        outcome = train_and_register(request, feature_schema())
+        outcome = train_and_register(request, planned_schema(settings))
     except ValueError as exc:
         print(f"ctnode fusion train: {exc}", file=sys.stderr)
         return 1

@@ -32,9 +32,13 @@ from reporting import legacy_json
 
 
 class AnalysisPipeline:
+    """Built once per node process: the ensemble's models load here and stay resident."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.fusion = load_fusion(settings)  # a model that cannot be used stops the start
+        self.ensemble = ensemble.shared(settings)
+        # a fusion model that cannot be used stops the start
+        self.fusion = load_fusion(settings, self.ensemble.feature_schema())
 
     def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult:
         started = time.perf_counter()
@@ -85,7 +89,7 @@ class AnalysisPipeline:
         assert plan.volume is not None
         request.checkpoint("analyse")
         begun = time.perf_counter()
-        analysis = ensemble.run(
+        analysis = self.ensemble.run(
             plan.volume,
             sharp_kernel=chosen.kernel_class == LUNG,
             fusion=self.fusion,

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -65,7 +66,10 @@ class Node:
         *,
         receiver_only: bool = False,
         pipeline: Pipeline | None = None,
+        analyzers: Sequence[AnalyzerState] | None = None,
     ) -> None:
+        """``analyzers``: what the pipeline's ensemble found at its start; without it the
+        node works it out from the weights store (a receive-only node still reports it)."""
         self.settings = settings
         self.receiver_only = receiver_only
         self._stop_workers = threading.Event()
@@ -106,7 +110,8 @@ class Node:
                 settings, self.index, checks, results, predictor, lambda: self.analyzers
             )
             self.api = ApiServer(create_app(context), settings.api.host, settings.api.port)
-        self.analyzers: list[AnalyzerState] = []
+        self.analyzers: list[AnalyzerState] = list(analyzers or ())
+        self._known_analyzers = analyzers is not None
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
 
@@ -139,9 +144,12 @@ class Node:
     def start(self) -> None:
         if not self.receiver_only:
             recover(self.index, self.spool)
-            self.analyzers = analyzer_states(
-                Path(self.settings.neural.weights_dir), self.settings.fusion.model
-            )
+            if not self._known_analyzers:
+                self.analyzers = analyzer_states(
+                    Path(self.settings.neural.weights_dir),
+                    self.settings.fusion.model,
+                    self.settings.neural.models,
+                )
             for analyzer in self.analyzers:
                 log.log(
                     logging.WARNING if analyzer.fault else logging.INFO,
@@ -219,7 +227,12 @@ def run(args: argparse.Namespace) -> int:
             from node.pipeline import AnalysisPipeline
 
             pipeline = AnalysisPipeline(settings)  # refuses an unusable [fusion] model
-        node = Node(settings, receiver_only=receiver, pipeline=pipeline)
+        node = Node(
+            settings,
+            receiver_only=receiver,
+            pipeline=pipeline,
+            analyzers=pipeline.ensemble.states if pipeline else None,
+        )
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         return 2

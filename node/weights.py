@@ -1,4 +1,8 @@
-"""``ctnode weights list|import|fetch``: inspect and fill the weights store (``weights/``).
+"""``ctnode weights list|import|fetch|register``: inspect and fill the weights store.
+
+``import`` and ``fetch`` install a file the manifest already lists with its sha256;
+``register`` adds a file a site obtained to the manifest (its size and sha256 computed
+here), for checkpoints such as CT-CLIP's whose provider publishes no hash we could ship.
 
 Only this command downloads, and only when asked; the node itself never fetches at run time.
 """
@@ -7,12 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from inference.availability import NEURAL
 from node.common import add_config_argument, load_settings
 
-HELP = "list, import or fetch model weights named in weights/manifest.toml"
+if TYPE_CHECKING:
+    from config import Settings
+
+HELP = "list, import, fetch or register model weights (weights/manifest.toml)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("list", help="show each model as present, missing or corrupt")
+    sub.add_parser(
+        "check",
+        help="load every registered model as the node would (and cache CT-CLIP's prompt "
+        "latents); non-zero if one cannot run",
+    )
     imp = sub.add_parser("import", help="verify a file a site obtained and install it")
     imp.add_argument("file", type=Path)
     imp.add_argument("--name", required=True, help="model name in the manifest")
+    reg = sub.add_parser("register", help="add a weights file a site obtained to the manifest")
+    reg.add_argument("file", type=Path)
+    reg.add_argument("--name", required=True, help="model name, e.g. ct-clip-v2")
+    reg.add_argument(
+        "--analyzer", required=True, choices=NEURAL, help="the analyzer that uses the file"
+    )
+    reg.add_argument("--version", default="1")
+    reg.add_argument("--licence", default="", help="e.g. 'CC BY-NC-SA 4.0'")
+    reg.add_argument("--source", default="", help="where the file came from (URL)")
+    reg.add_argument(
+        "--architecture", type=Path, help="hyperparameters JSON (sizes other than the published)"
+    )
+    reg.add_argument("--vocab", type=Path, help="tokenizer vocab.txt (zero-shot prompts)")
     fet = sub.add_parser("fetch", help="download a model from its manifest URL, with resume")
     fet.add_argument("name")
     fet.add_argument(
@@ -48,11 +77,60 @@ def _progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
+def _check(settings: Settings) -> int:
+    """The analyzers as the node would start them: a registered model that cannot run
+    (missing, corrupt, wrong layout, no prompt latents) fails the check, e.g. an image build."""
+    from inference import ensemble
+
+    built = ensemble.build(settings)
+    for state in built.states:
+        verdict = "enabled" if state.enabled else ("FAULT" if state.fault else "disabled")
+        print(f"{state.name}\t{verdict}\t{state.reason}")
+    return 1 if any(s.fault for s in built.states) else 0
+
+
+def _register(args: argparse.Namespace, store: Path) -> int:
+    """Copy the side files (architecture, vocab) beside the weights, then register the weights."""
+    from inference import weights
+
+    try:
+        side = {}
+        for key in ("architecture", "vocab"):
+            path: Path | None = getattr(args, key)
+            if path is not None:
+                if not path.is_file():
+                    raise weights.WeightsError("no-file", f"{path} does not exist")
+                store.mkdir(parents=True, exist_ok=True)
+                if path.resolve() != (store / path.name).resolve():
+                    shutil.copyfile(path, store / path.name)
+                side[key] = path.name
+        entry = weights.register(
+            store,
+            args.file,
+            name=args.name,
+            analyzer=args.analyzer,
+            version=args.version,
+            licence=args.licence,
+            origin=args.source,
+            **side,
+        )
+    except (weights.WeightsError, OSError) as exc:
+        print(f"ctnode weights: {exc}", file=sys.stderr)
+        return 1
+    print(f"{entry.name}: registered {entry.file} ({entry.size} bytes, sha256 {entry.sha256})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from inference import weights
 
-    store = Path(args.store or load_settings(args).neural.weights_dir)
+    settings = load_settings(args)
+    store = Path(args.store or settings.neural.weights_dir)
     manifest = Path(args.manifest) if args.manifest else store / "manifest.toml"
+    if args.action == "register":
+        return _register(args, store)
+    if args.action == "check":
+        return _check(replace(settings, neural=replace(settings.neural, weights_dir=str(store))))
     try:
         entries = weights.read_manifest(manifest)
         if args.action == "list":

@@ -7,7 +7,10 @@ Legacy fields, exactly: ``study_uid``, ``series_uid``, ``probability_of_patholog
 ran: method, version, sha256 of its files, calibrated or not, threshold), per-analyzer
 results (``analyzers``, with the named ``features`` a fusion model reads, missing ones as
 null) and the SOP Instance UIDs of the DICOM objects written for this result
-(``report_sop_instance_uids``).
+(``report_sop_instance_uids``). ``ctclip_probabilities`` (and
+``ctclip_supervised_probabilities`` for ClassFine) map the 18 CT-RATE labels to CT-CLIP's
+P(present), null when that analyzer did not run; ``analyzers_not_run`` says which
+analyzers of the ensemble gave no result and why.
 """
 
 from __future__ import annotations
@@ -83,10 +86,22 @@ def success(
             }
             for r in analysis.results
         ],
+        "ctclip_probabilities": _probabilities(analysis, "ctclip"),
+        "ctclip_supervised_probabilities": _probabilities(analysis, "ctclip-supervised"),
+        "analyzers_not_run": [{"analyzer": a, "reason": why} for a, why in analysis.not_run],
         "report_sop_instance_uids": {
             k: (v if isinstance(v, str) else list(v)) for k, v in report_uids.items()
         },
     }
+
+
+def _probabilities(analysis: Analysis, analyzer: str) -> dict[str, float | None] | None:
+    """The legacy ``ctclip_probabilities`` shape: CT-RATE label -> P(present); null when the
+    analyzer did not run."""
+    for result in analysis.results:
+        if result.analyzer == analyzer:
+            return {f.label: f.score for f in result.findings}
+    return None
 
 
 def failure(
@@ -105,6 +120,9 @@ def failure(
         "top_shap_features": None,
         "fusion": None,
         "analyzers": None,
+        "ctclip_probabilities": None,
+        "ctclip_supervised_probabilities": None,
+        "analyzers_not_run": None,
         "report_sop_instance_uids": None,
     }
 

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from inference.ctclip.results import TITLES as NEURAL_TITLES
 from inference.findings import Analysis, Fusion
 
 DISCLAIMER = "Not for primary diagnosis. Results must be reviewed by a radiologist."
@@ -87,7 +88,7 @@ def _draw_contributions(
 def _display_feature(name: str) -> str:
     """The analyzer's own title for a feature (``HAA% (-600 to -250 HU) (both lungs)``);
     else ``quant.both_lungs.x_y`` -> ``x y (both lungs)``."""
-    from inference.quant.analyzer import FEATURE_TITLES
+    from inference.ensemble import FEATURE_TITLES
 
     if name in FEATURE_TITLES:
         return FEATURE_TITLES[name]
@@ -120,12 +121,16 @@ def summary_page(
         font=font,
         fill=ALERT if fusion.pathology else TEXT,
     )
-    y = 150
+    y = 128
+    for line in neural_lines(analysis):
+        draw.text((40, y), line[:86], font=font, fill=TEXT)
+        y += 28
+    y = max(y + 8, 150)
     columns = (40, 330, 450)
     for x, title in zip(columns, ("Finding", "Score", "Measurements"), strict=True):
         draw.text((x, y), title, font=font, fill=TEXT)
     y += 34
-    for finding in analysis.findings:
+    for finding in (f for f in analysis.findings if f.analyzer not in NEURAL_TITLES):
         if y > 470:
             break
         colour = ALERT if finding.present else TEXT
@@ -146,10 +151,46 @@ def summary_page(
         _draw_histogram(draw, histogram, font, width=420 if chart else 880)
     if chart:
         _draw_contributions(draw, fusion, font)
+    not_run = not_run_line(analysis)
+    if not_run:
+        small = ImageFont.load_default(size=17)
+        draw.text((40, PAGE[1] - 180), not_run[:110], font=small, fill=TEXT)
     draw.text((40, PAGE[1] - 150), f"Series: {series_label[:80]}", font=font, fill=TEXT)
     draw.text((40, PAGE[1] - 115), f"Why: {selection_reason[:80]}", font=font, fill=TEXT)
     draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)
     return np.asarray(image, dtype=np.uint8)
+
+
+def neural_lines(analysis: Analysis, top: int = 4) -> list[str]:
+    """One line per neural analyzer that ran: its labels at or above 0.5, most probable
+    first (its 18 scores are in the SR and the JSON; the page names what stands out)."""
+    lines = []
+    for result in analysis.results:
+        title = NEURAL_TITLES.get(result.analyzer)
+        if title is None:
+            continue
+        high = sorted(
+            (f for f in result.findings if f.score is not None and f.score >= 0.5),
+            key=lambda f: -(f.score or 0.0),
+        )
+        listed = ", ".join(f"{f.label} {f.score:.2f}" for f in high[:top])
+        more = f" (+{len(high) - top})" if len(high) > top else ""
+        shown = listed + more if high else "no label at or above 0.50"
+        lines.append(f"{title} (not calibrated): {shown}")
+    return lines
+
+
+def not_run_line(analysis: Analysis) -> str:
+    """The analyzers that gave no result, grouped by reason: the reader knows what the
+    result was made without."""
+    if not analysis.not_run:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in analysis.not_run:
+        by_reason.setdefault(why.split(";")[0], []).append(name)
+    return "Not run: " + "; ".join(
+        f"{', '.join(names)} ({why})" for why, names in by_reason.items()
+    )
 
 
 def not_analysed_page(reason: str, series: list[tuple[str, str]]) -> npt.NDArray[np.uint8]:

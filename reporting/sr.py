@@ -138,12 +138,16 @@ def fusion_group(
     fusion: Fusion,
     units: dict[str, str],
     seed: tuple[str, list[str], list[tuple[str, str]]],
+    not_run: Sequence[tuple[str, str]] = (),
 ) -> MeasurementsAndQualitativeEvaluations:
     """The overall result as one TID 1501 group: the fusion's identity (TID 4019: name,
     version, the sha256 of its files), the overall probability or score, pathology present
     or absent, and for a trained model its largest contributions as NUM pairs: the SHAP
     value (log-odds, no UCUM unit) and the feature's value in its unit (left out when the
-    feature is missing). Each feature gets a private code derived from its name."""
+    feature is missing). Each feature gets a private code derived from its name. Analyzers
+    of the ensemble that gave no result are named with the reason among the fusion's
+    Algorithm Parameters (``not_run=NAME: reason``), so a reader of the SR knows what the
+    result was made without."""
     series_uid, instances, versions = seed
     identifier = f"fusion/{fusion.method}"
     tracking = TrackingIdentifier(
@@ -153,6 +157,7 @@ def fusion_group(
     params = [f"weights_sha256={h}" for h in fusion.weights_sha256]
     if fusion.threshold is not None:
         params.append(f"threshold={fusion.threshold:.6g}")
+    params += [f"not_run={name}: {why}" for name, why in not_run]
     alg = AlgorithmIdentification(
         name=fusion.method, version=fusion.version, parameters=params or None
     )
@@ -229,9 +234,9 @@ def _with_type2_attributes(sources: Sequence[Dataset]) -> list[Dataset]:
 
 
 def _feature_units() -> dict[str, str]:
-    from inference.ensemble import feature_schema
+    from inference.ensemble import feature_units
 
-    return feature_schema().units
+    return feature_units()
 
 
 def _library(analysis: Analysis, volume: Volume, sources: Sequence[Dataset]) -> list[Dataset]:
@@ -301,7 +306,7 @@ def build_sr(
             groups.append(
                 measurement_group(finding, i, result, volume.frame_of_reference_uid, seed)
             )
-    groups.append(fusion_group(analysis.fusion, _feature_units(), seed))
+    groups.append(fusion_group(analysis.fusion, _feature_units(), seed, analysis.not_run))
     report = MeasurementReport(
         observation_context=context,
         procedure_reported=PROCEDURE_CT_CHEST,

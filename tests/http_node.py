@@ -18,9 +18,11 @@ def make_node(
     tmp_path: Path,
     destinations: tuple[config.DestinationSettings, ...] = (),
     outbox: dict[str, Any] | None = None,
+    neural: dict[str, Any] | None = None,
     **api: Any,
 ) -> Node:
-    """A started node; ``api`` and ``outbox`` replace settings of those sections."""
+    """A started node; ``api``, ``outbox`` and ``neural`` replace settings of those
+    sections."""
     base = config.load(None, {})
     settings = dataclasses.replace(
         base,
@@ -30,8 +32,10 @@ def make_node(
         worker=dataclasses.replace(base.worker, poll=0.1),
         outbox=dataclasses.replace(base.outbox, **{"tick": 0.2, **(outbox or {})}),
         api=dataclasses.replace(base.api, **{"port": 0, "token": TOKEN, **api}),
+        neural=dataclasses.replace(base.neural, **(neural or {})),
         destinations=destinations,
     )
-    node = Node(settings, pipeline=AnalysisPipeline(settings))
+    pipeline = AnalysisPipeline(settings)
+    node = Node(settings, pipeline=pipeline, analyzers=pipeline.ensemble.states)
     node.start()
     return node

@@ -13,13 +13,13 @@ import torch
 
 from inference.ctclip.checkpoint import load_checkpoint
 from inference.ctclip.model import CTCLIP, BertConfig, ClassFine, CTCLIPConfig, CTViTConfig
+from inference.ctclip.results import FEATURE_SETS, to_result
 from inference.ctclip.scoring import (
     CTCLIPScorer,
     WordPiece,
     prompts,
     text_cache_path,
     text_latents,
-    to_result,
 )
 from inference.findings import CT_RATE_LABELS
 from tests.conftest import MODELS
@@ -94,17 +94,17 @@ def test_classfine_scoring(tmp_path: Path) -> None:
     model = load_checkpoint(tmp_path / "lipro.pt", _cfg())
     assert isinstance(model, ClassFine)
     ref = torch.load(TINY / "tiny_reference.pt", weights_only=True)
-    scorer = CTCLIPScorer(model, "ctclip-classfine", "v2", torch.device("cpu"))
+    scorer = CTCLIPScorer(model, "ctclip-supervised", "v2", torch.device("cpu"))
     probs = scorer.probabilities_from_input(ref["input_volume"][0])
     expected = torch.sigmoid(
         torch.relu(ref["image_latents"][0]) @ lipro["classifier.weight"].t()
         + lipro["classifier.bias"]
     )
     assert torch.allclose(probs, expected, atol=1e-5)
-    result = to_result(probs.tolist(), "ctclip-classfine", "v2")
+    result = to_result(probs.tolist(), "ctclip-supervised", "v2")
     assert [f.label for f in result.findings] == list(CT_RATE_LABELS)
-    assert set(result.features) == {f"ctclip.{label}" for label in CT_RATE_LABELS}
-    assert result.features["ctclip.Emphysema"] == pytest.approx(float(probs[7]))
+    assert tuple(result.features) == FEATURE_SETS["ctclip-supervised"].names
+    assert result.features["ctclip_supervised.emphysema"] == pytest.approx(float(probs[7]))
     assert all(0.0 <= (f.score or 0.0) <= 1.0 for f in result.findings)
 
 

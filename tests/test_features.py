@@ -20,7 +20,7 @@ from tests.phantoms import chest_phantom
 
 def test_quantitative_analyzer_publishes_exactly_its_feature_set(tmp_path: Path) -> None:
     volume = load_series(chest_phantom(tmp_path, "features", lesion_mm=20.0))
-    analysis = ensemble.run(volume, sharp_kernel=False)
+    analysis = ensemble.Ensemble().run(volume, sharp_kernel=False)
     (result,) = analysis.results
     assert tuple(result.features) == quantitative.FEATURE_SET.names
     assert result.features_version == quantitative.FEATURES_VERSION

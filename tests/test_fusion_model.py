@@ -27,12 +27,13 @@ from inference.fusion import (
 )
 from inference.loading import load_series
 from inference.trained_fusion import Bundle, FusionModelError, TrainedFusion, load
+from inference.weights import update_manifest
 from reporting import write_outputs
 from tests.factory import ct_series, write_series
 from tests.reporting_factory import make_analysis
 from tests.test_fusion_training import KNOWN, synthetic
 from tests.test_sr import dciodvfy, dciodvfy_warnings
-from training.register import register, update_manifest
+from training.register import register
 from training.train import TrainOptions, train
 
 SCHEMA = feature_schema()
@@ -106,12 +107,12 @@ def test_most_dangerous_combines_severity_and_positive_contribution() -> None:
 
 
 def test_settings_choose_the_fusion(store: Path) -> None:
-    assert isinstance(load_fusion(Settings()), RuleBasedFusion)
+    assert isinstance(load_fusion(Settings(), feature_schema()), RuleBasedFusion)
     settings = Settings(
         neural=NeuralSettings(weights_dir=str(store)),
         fusion=FusionSettings(model=NAME, top_k=3),
     )
-    model = load_fusion(settings)
+    model = load_fusion(settings, feature_schema())
     assert isinstance(model, TrainedFusion) and model.top_k == 3
 
 

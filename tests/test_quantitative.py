@@ -163,8 +163,8 @@ def volumes() -> dict[str, Volume]:
 @pytest.fixture(scope="module")
 def real(volumes: dict[str, Volume]) -> dict[str, Analysis]:
     return {
-        "normal": ensemble.run(volumes["normal"], sharp_kernel=True),
-        "pneumonia": ensemble.run(volumes["pneumonia"], sharp_kernel=False),
+        "normal": ensemble.Ensemble().run(volumes["normal"], sharp_kernel=True),
+        "pneumonia": ensemble.Ensemble().run(volumes["pneumonia"], sharp_kernel=False),
     }
 
 

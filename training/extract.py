@@ -18,12 +18,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import Settings
 from inference.features import FeatureSchema, as_float, json_ready
 from inference.findings import AnalyzerResult
 from training.table import FeatureTable
+
+if TYPE_CHECKING:
+    from inference.ensemble import Ensemble
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,10 @@ def extract_unit(unit: Unit, settings: Settings, cache_dir: Path | None) -> Unit
     from inference.errors import IntakeError, InvalidSeries
     from inference.prepare import prepare, prepare_files
 
-    schema = ensemble.feature_schema()
+    analyzers = ensemble.shared(settings)
+    schema = analyzers.feature_schema()
     if unit.stored is not None:
-        row = _stored_row(unit, schema, ensemble.ANALYZER_VERSIONS)
+        row = _stored_row(unit, schema, analyzers.versions())
         if row is not None:
             return UnitResult(rows=(row,), reused=1)
     try:
@@ -125,7 +129,7 @@ def extract_unit(unit: Unit, settings: Settings, cache_dir: Path | None) -> Unit
         if plan.volume is None or plan.chosen is None:
             failures.append(Failure(unit.label, plan.reason_code or "", plan.reason or ""))
             continue
-        values, hit = _features(plan, schema, cache)
+        values, hit = _features(plan, analyzers, cache)
         analysed += not hit
         cached += hit
         rows.append((plan.study_uid, plan.volume.series_uid, unit.label, values))
@@ -133,13 +137,14 @@ def extract_unit(unit: Unit, settings: Settings, cache_dir: Path | None) -> Unit
 
 
 def _features(
-    plan: Any, schema: FeatureSchema, cache: FeatureCache
+    plan: Any, analyzers: Ensemble, cache: FeatureCache
 ) -> tuple[tuple[float, ...], bool]:
     """The plan's feature row and whether it came from the cache."""
-    from inference import ensemble
     from inference.fusion import RuleBasedFusion
     from inference.selection import LUNG
 
+    schema = analyzers.feature_schema()
+    versions = analyzers.versions()
     volume = plan.volume
     sharp = plan.chosen.kernel_class == LUNG
     instances = [s.sop_instance_uid for s in volume.slices]
@@ -148,7 +153,7 @@ def _features(
             volume.series_uid,
             instances,
             s.analyzer,
-            f"{ensemble.ANALYZER_VERSIONS[s.analyzer]}/{s.version}",
+            f"{versions[s.analyzer]}/{s.version}",
             sharp,
         )
         for s in schema.sets
@@ -157,7 +162,7 @@ def _features(
     if all(v is not None for v in found.values()):
         results = [AnalyzerResult(a, "", features=f or {}) for a, f in found.items()]
         return tuple(schema.vector(results)), True
-    analysis = ensemble.run(volume, sharp_kernel=sharp, fusion=RuleBasedFusion())
+    analysis = analyzers.run(volume, sharp_kernel=sharp, fusion=RuleBasedFusion())
     for result in analysis.results:
         if result.analyzer in keys:
             cache.put(keys[result.analyzer], result.features)
@@ -241,4 +246,4 @@ def extract(
                 seen.add((row[0], row[1]))
                 rows.append(row)
     summary.rows = len(rows)
-    return FeatureTable.from_rows(ensemble.feature_schema(), rows), summary
+    return FeatureTable.from_rows(ensemble.shared(settings).feature_schema(), rows), summary

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from inference.trained_fusion import (
@@ -22,13 +21,8 @@ from inference.trained_fusion import (
     calibrator_file,
     model_file,
 )
-from inference.weights import FIELDS, ModelEntry, read_manifest
+from inference.weights import ModelEntry, read_manifest, update_manifest, write_atomic
 
-HEADER = (
-    "# Model weights the analyzers load, verified by sha256 before use.\n"
-    "# One [[models]] table per file: name, version, file, sha256, size, licence, source, "
-    "analyzer.\n"
-)
 LICENCE = "site-owned: trained on this site's studies by ctnode fusion train"
 SOURCE = "local (ctnode fusion train); not downloadable"
 
@@ -42,17 +36,6 @@ def next_version(store: Path, name: str) -> str:
         if entry.name == name:
             return str(int(entry.version) + 1) if entry.version.isdigit() else "1"
     return "1"
-
-
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` (temporary file, fsync, rename); its sha256."""
-    tmp = path.with_name(path.name + ".writing")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
 
 
 def register(store: Path, model_text: str, bundle: Bundle) -> tuple[ModelEntry, ModelEntry]:
@@ -88,21 +71,3 @@ def register(store: Path, model_text: str, bundle: Bundle) -> tuple[ModelEntry, 
     )
     update_manifest(store / "manifest.toml", entries)
     return entries
-
-
-def update_manifest(path: Path, new: tuple[ModelEntry, ...]) -> None:
-    """Replace the entries of the same names (or add them) and keep the others; the file is
-    rewritten atomically with the standard header comment."""
-    existing = read_manifest(path) if path.is_file() else []
-    names = {e.name for e in new}
-    entries = [e for e in existing if e.name not in names] + list(new)
-    body = [HEADER]
-    if not entries:
-        body.append("models = []\n")
-    for entry in entries:
-        body.append("\n[[models]]\n")
-        for key in FIELDS:
-            value = getattr(entry, key)
-            text = str(value) if isinstance(value, int) else json.dumps(value)
-            body.append(f"{key} = {text}\n")
-    write_atomic(path, "".join(body).encode("utf-8"))

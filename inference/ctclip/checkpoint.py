@@ -76,9 +76,15 @@ def load_state(model: CTCLIP | ClassFine, state: Mapping[str, Tensor]) -> CTCLIP
 
 
 def load_checkpoint(
-    path: Path, cfg: CTCLIPConfig | None = None, kind: Kind | None = None
+    path: Path,
+    cfg: CTCLIPConfig | None = None,
+    kind: Kind | None = None,
+    expect: Kind | None = None,
 ) -> CTCLIP | ClassFine:
-    """Read a raw state dict file (memory-mapped) and build the matching model in eval mode."""
+    """Read a raw state dict file (memory-mapped) and build the matching model in eval mode.
+
+    ``kind`` forces the layout; ``expect`` refuses a file of the other kind by name (a
+    ClassFine file where a zero-shot model is wanted, or the reverse)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
@@ -87,7 +93,13 @@ def load_checkpoint(
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError("not-a-state-dict", f"{path.name} holds {type(state).__name__}")
-    kind = kind or detect_kind(state)
+    found = detect_kind(state)
+    if expect is not None and found != expect:
+        names = {"base": "base or VocabFine", "classfine": "ClassFine (CT_LiPro_v2)"}
+        raise CheckpointError(
+            "wrong-kind", f"{path.name} is a {names[found]} checkpoint, not {names[expect]}"
+        )
+    kind = kind or found
     cfg = cfg or CTCLIPConfig()
     with torch.device("meta"):
         model: CTCLIP | ClassFine = ClassFine(cfg) if kind == "classfine" else CTCLIP(cfg)

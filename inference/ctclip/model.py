@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ class CTViTConfig:
     dim_head: int = 32
     heads: int = 8
     channels: int = 1
+    # Slices of the model input (CT-CLIP.md, "Preprocessing"); not part of the checkpoint.
+    frames: int = 240
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,25 @@ class CTCLIPConfig:
     dim_image: int = 294912
     dim_text: int = 768
     dim_latent: int = 512
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CTCLIPConfig:
+        """From the ``{"ctvit": {...}, "bert": {...}, "ctclip": {...}}`` form of
+        ``shared/models/ctclip-tiny-reference/tiny_config.json`` (other keys ignored);
+        ``ValueError`` naming an unknown or missing hyperparameter."""
+        try:
+            return cls(
+                ctvit=CTViTConfig(**raw.get("ctvit", {})),
+                bert=BertConfig(**raw.get("bert", {})),
+                **raw.get("ctclip", {}),
+            )
+        except TypeError as exc:
+            raise ValueError(f"bad CT-CLIP configuration: {exc}") from exc
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns) of the model input."""
+        return (self.ctvit.frames, self.ctvit.image_size, self.ctvit.image_size)
 
 
 def l2norm(t: Tensor) -> Tensor:
@@ -240,14 +262,15 @@ class VectorQuantizer(nn.Module):
         """Tokens in blocks of ``BLOCK``: the full similarity matrix of the published model
         (13824 tokens x 8192 codes) would take 450 MB for nothing but an argmax."""
         embed = self._codebook.embed[0]
-        codes = l2norm(embed.float()).t()
         flat = x.reshape(-1, x.shape[-1])
-        index = torch.cat(
-            [
-                torch.matmul(l2norm(block.float()), codes).argmax(dim=-1)
-                for block in torch.split(flat, self.BLOCK)
-            ]
-        )
+        with torch.autocast(x.device.type, enabled=False):  # bf16 would flip near-ties
+            codes = l2norm(embed.float()).t()
+            index = torch.cat(
+                [
+                    torch.matmul(l2norm(block.float()), codes).argmax(dim=-1)
+                    for block in torch.split(flat, self.BLOCK)
+                ]
+            )
         return embed[index].reshape(x.shape).to(x.dtype)
 
 
@@ -460,8 +483,9 @@ class CTCLIP(nn.Module):
     def image_latents(self, volume: Tensor) -> Tensor:
         """L2-normalised image latents (b, dim_latent) from (b, 1, T, H, W)."""
         tokens = self.visual_transformer(volume)
-        pooled = tokens.mean(dim=1).reshape(tokens.shape[0], -1)
-        return l2norm(self.to_visual_latent(pooled.to(self.to_visual_latent.weight.dtype)))
+        with torch.autocast(volume.device.type, enabled=False):  # codebook rows in, exactly
+            pooled = tokens.float().mean(dim=1).reshape(tokens.shape[0], -1)
+            return l2norm(self.to_visual_latent(pooled.to(self.to_visual_latent.weight.dtype)))
 
     def logits(self, text_latents: Tensor, image_latents: Tensor) -> Tensor:
         """Cosine similarity times exp(temperature): (n_text, n_image)."""

@@ -26,14 +26,17 @@ class OrientationError(ValueError):
     reason = "not-axial"
 
 
-def _canonical(volume: Volume) -> tuple[Tensor, tuple[float, float, float]]:
+def _canonical(
+    volume: Volume, device: torch.device | None
+) -> tuple[Tensor, tuple[float, float, float]]:
     """Voxels as float (S, L, P) axes (superior, left, posterior ascending) and their spacing."""
     directions = volume.affine[:3, :3]
     # column j of the affine is the patient direction of index axis j (x, y, z)
     axis_of = [int(np.argmax(np.abs(directions[:, j]))) for j in range(3)]
     if sorted(axis_of) != [0, 1, 2] or axis_of[2] != 2:
         raise OrientationError(f"slice normal is not along the body axis: {axis_of}")
-    voxels = torch.from_numpy(np.ascontiguousarray(volume.voxels)).to(torch.float32)
+    voxels = torch.from_numpy(np.ascontiguousarray(volume.voxels)).to(device)
+    voxels = voxels.to(torch.float32)
     spacing_zyx = volume.spacing
     flips = [dim for dim, j in ((0, 2), (1, 1), (2, 0)) if directions[axis_of[j], j] < 0]
     if flips:
@@ -59,9 +62,14 @@ def _crop_or_pad(x: Tensor, target: tuple[int, ...], fill: float) -> Tensor:
     return x
 
 
-def preprocess(volume: Volume) -> Tensor:
-    """The model input (1, 240, 480, 480) float32 in [-1, 1]; add a batch axis to run it."""
-    voxels, spacing = _canonical(volume)
+def preprocess(
+    volume: Volume, shape: tuple[int, int, int] = TARGET_SHAPE, device: torch.device | None = None
+) -> Tensor:
+    """The model input (1, *shape) float32 in [-1, 1], by default (1, 240, 480, 480); add a
+    batch axis to run it. A model of other hyperparameters takes its own ``shape``
+    (``CTCLIPConfig.input_shape``) at the same spacing. On ``device`` (the model's): the
+    int16 voxels cross to a GPU once and are resampled there."""
+    voxels, spacing = _canonical(volume, device)
     voxels = voxels.clamp_(*HU_RANGE)
     size = [
         int(np.floor(n * cur / tgt))
@@ -72,4 +80,4 @@ def preprocess(volume: Volume) -> Tensor:
     ]
     del voxels
     resampled = resampled.div_(1000.0)
-    return _crop_or_pad(resampled, TARGET_SHAPE, -1.0)[None].contiguous()
+    return _crop_or_pad(resampled, shape, -1.0)[None].contiguous()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,12 +21,12 @@ from torch import Tensor
 
 from inference.ctclip.model import CTCLIP, ClassFine
 from inference.ctclip.preprocess import preprocess
-from inference.findings import CT_RATE_LABELS, AnalyzerResult, Code, Finding
+from inference.ctclip.results import to_result
+from inference.findings import CT_RATE_LABELS, AnalyzerResult
 from inference.volume import Volume
 
 log = logging.getLogger(__name__)
 
-PRIVATE_SCHEME = "99CTNODE"
 SPECIAL = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
 
 
@@ -35,12 +36,6 @@ def prompts() -> list[str]:
     for label in CT_RATE_LABELS:
         out += [f"{label} is present.", f"{label} is not present."]
     return out
-
-
-def label_code(label: str) -> Code:
-    """A documented private code for a CT-RATE label (until a shared mapping exists)."""
-    index = CT_RATE_LABELS.index(label)
-    return Code(f"CTRATE-{index + 1:02d}", PRIVATE_SCHEME, label)
 
 
 class WordPiece:
@@ -110,7 +105,10 @@ def text_latents(model: CTCLIP, weights: Path, sha256: str, vocab: Path | None) 
     ids, mask = WordPiece(vocab).encode(prompts())
     with torch.no_grad():
         latents = model.text_latents(ids, mask).float().cpu()
-    torch.save({"sha256": sha256, "prompts": prompts(), "latents": latents}, cache)
+    try:
+        torch.save({"sha256": sha256, "prompts": prompts(), "latents": latents}, cache)
+    except OSError as exc:  # a read-only store (an image): the latents still serve this run
+        log.warning("cannot cache the prompt latents in %s: %s", cache.parent, exc)
     return latents
 
 
@@ -124,25 +122,47 @@ def pick_device(threads: int) -> torch.device:
 
 @dataclass
 class CTCLIPScorer:
-    """A resident model that turns volumes into 18 probabilities (zero-shot or ClassFine)."""
+    """A resident model that turns volumes into 18 probabilities (zero-shot or ClassFine).
+
+    ``name`` is the analyzer (``ctclip`` or ``ctclip-supervised``), ``version`` the weights'
+    name and version; ``autocast_bf16`` runs the encoder under bfloat16 autocast on its
+    device (the quantiser's code choice and the latent projection stay in float32). One
+    forward pass at a time: worker threads share the model, and two passes at once would
+    double the activation memory for no gain on the same cores or GPU.
+    """
 
     model: CTCLIP | ClassFine
     name: str
     version: str
     device: torch.device
     prompt_latents: Tensor | None = None
-    autocast_bf16: bool = True
+    autocast_bf16: bool = False
+    weights_sha256: tuple[str, ...] = ()
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()
         if isinstance(self.model, CTCLIP) and self.prompt_latents is None:
             raise ValueError("zero-shot scoring needs the prompt latents")
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        base = self.model.trained_model if isinstance(self.model, ClassFine) else self.model
+        return base.cfg.input_shape
+
     def probabilities_from_input(self, x: Tensor) -> Tensor:
         """(18,) probabilities from a preprocessed (1, D, H, W) input."""
         batch = x[None].to(self.device)
-        use_bf16 = self.device.type == "cuda" and self.autocast_bf16
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=use_bf16):
+        kind = self.device.type
+        with (
+            self._lock,
+            torch.no_grad(),
+            torch.autocast(kind, torch.bfloat16, enabled=self.autocast_bf16),
+        ):
             if isinstance(self.model, ClassFine):
                 return self.model.probabilities(batch)[0].float().cpu()
             image = self.model.image_latents(batch).float()
@@ -152,19 +172,8 @@ class CTCLIPScorer:
             return logits.softmax(dim=-1)[:, 0].cpu()
 
     def analyze(self, volume: Volume) -> AnalyzerResult:
-        """Score ``volume``; findings carry P(present), features are ``ctclip.<label>``."""
-        probs = self.probabilities_from_input(preprocess(volume)).tolist()
-        return to_result(probs, self.name, self.version)
-
-
-def to_result(probs: list[float], name: str, version: str) -> AnalyzerResult:
-    """Findings of the shared vocabulary and the fusion features from 18 probabilities."""
-    if len(probs) != len(CT_RATE_LABELS):
-        raise ValueError(f"expected {len(CT_RATE_LABELS)} probabilities, got {len(probs)}")
-    clipped = [min(1.0, max(0.0, float(p))) for p in probs]
-    findings = tuple(
-        Finding(label, label_code(label), name, score=p, calibrated=False, present=p >= 0.5)
-        for label, p in zip(CT_RATE_LABELS, clipped, strict=True)
-    )
-    features = {f"ctclip.{label}": p for label, p in zip(CT_RATE_LABELS, clipped, strict=True)}
-    return AnalyzerResult(name, version, findings=findings, features=features)
+        """Score ``volume``: findings carry P(present), features are named by analyzer and
+        label (``inference.ctclip.results``)."""
+        x = preprocess(volume, self.input_shape, self.device)
+        probs = self.probabilities_from_input(x).tolist()
+        return to_result(probs, self.name, self.version, self.weights_sha256)
