@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.ctclip import model as ctclip_model
+from inference.ctclip.analyzer import drop_unused
 from inference.ctclip.model import CTCLIP
 from inference.ctclip.preprocess import preprocess
 from inference.ctclip.scoring import CTCLIPScorer, pick_device
@@ -125,7 +126,7 @@ def main() -> int:
         # a trained CLIP's temperature (exp = 100, the clamp CLIP training uses): random
         # logits then swing as far as real ones, so bf16's error shows at full size
         model.temperature.fill_(math.log(100.0))
-    del model.text_transformer  # as the node runs it: prompt latents come from the cache
+    drop_unused(model)  # as the node runs it: prompt latents come from the cache
     latents = torch.nn.functional.normalize(torch.randn(36, 512), dim=-1)
     scorer = CTCLIPScorer(model, "ctclip", "v2", device, latents)
     if device.type == "cuda":

@@ -122,9 +122,10 @@ def summary_page(
         fill=ALERT if fusion.pathology else TEXT,
     )
     y = 128
+    small = ImageFont.load_default(size=17)
     for line in neural_lines(analysis):
-        draw.text((40, y), line[:86], font=font, fill=TEXT)
-        y += 28
+        draw.text((40, y), line, font=small, fill=TEXT)
+        y += 22
     y = max(y + 8, 150)
     columns = (40, 330, 450)
     for x, title in zip(columns, ("Finding", "Score", "Measurements"), strict=True):
@@ -161,9 +162,10 @@ def summary_page(
     return np.asarray(image, dtype=np.uint8)
 
 
-def neural_lines(analysis: Analysis, top: int = 4) -> list[str]:
+def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
     """One line per neural analyzer that ran: its labels at or above 0.5, most probable
-    first (its 18 scores are in the SR and the JSON; the page names what stands out)."""
+    first, as many as fit in ``width`` characters (all 18 scores are in the SR and the
+    JSON; the page names what stands out)."""
     lines = []
     for result in analysis.results:
         title = NEURAL_TITLES.get(result.analyzer)
@@ -173,10 +175,16 @@ def neural_lines(analysis: Analysis, top: int = 4) -> list[str]:
             (f for f in result.findings if f.score is not None and f.score >= 0.5),
             key=lambda f: -(f.score or 0.0),
         )
-        listed = ", ".join(f"{f.label} {f.score:.2f}" for f in high[:top])
-        more = f" (+{len(high) - top})" if len(high) > top else ""
-        shown = listed + more if high else "no label at or above 0.50"
-        lines.append(f"{title} (not calibrated): {shown}")
+        line = f"{title} (not calibrated): "
+        if not high:
+            lines.append(line + "no label at or above 0.50")
+            continue
+        items = [f"{f.label} {f.score:.2f}" for f in high]
+        shown = 0
+        while shown < len(items) and len(line) + len(items[shown]) + 12 <= width:
+            line += ("" if shown == 0 else ", ") + items[shown]
+            shown += 1
+        lines.append(line + (f" and {len(items) - shown} more" if shown < len(items) else ""))
     return lines
 
 

@@ -301,3 +301,23 @@ def test_a_site_registers_and_checks_a_checkpoint_it_obtained(tmp_path: Path) ->
     (store / "CT-CLIP_v2.pt").write_bytes(b"truncated")
     checked = ctnode("check")
     assert checked.returncode == 1 and "ctclip\tFAULT" in checked.stdout
+
+
+def test_the_summary_page_names_what_stands_out_and_what_did_not_run(volume: Volume) -> None:
+    from inference.ctclip.results import to_result
+    from reporting.render import neural_lines, not_run_line
+
+    probs = [0.1] * 18
+    probs[15], probs[12] = 0.93, 0.71  # Consolidation, Pleural effusion
+    quant = ensemble.Ensemble().run(volume, sharp_kernel=False)
+    analysis = dataclasses.replace(
+        quant,
+        results=(*quant.results, to_result(probs, "ctclip", "v")),
+        not_run=(("fvlm", "no weights registered"), ("mednext", "no weights registered")),
+    )
+    (line,) = neural_lines(analysis)
+    assert line == ("CT-CLIP zero-shot (not calibrated): Consolidation 0.93, Pleural effusion 0.71")
+    assert not_run_line(analysis) == "Not run: fvlm, mednext (no weights registered)"
+    many = dataclasses.replace(analysis, results=(to_result([0.9] * 18, "ctclip", "v"),))
+    (crowded,) = neural_lines(many)
+    assert len(crowded) <= 108 and crowded.endswith("more")
