@@ -321,3 +321,22 @@ def test_the_summary_page_names_what_stands_out_and_what_did_not_run(volume: Vol
     many = dataclasses.replace(analysis, results=(to_result([0.9] * 18, "ctclip", "v"),))
     (crowded,) = neural_lines(many)
     assert len(crowded) <= 108 and crowded.endswith("more")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (CI has none)")
+def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) -> None:
+    from inference.ctclip.analyzer import load
+    from inference.weights import find, read_manifest
+
+    entry = find(read_manifest(store / "manifest.toml"), "tiny-ct-clip")
+    x = preprocess(volume, (40, 80, 80))
+    model = load_checkpoint(store / "CT-CLIP_tiny.pt", CTCLIPConfig.from_json(TINY))
+    assert isinstance(model, CTCLIP)
+    latents = torch.load(text_cache_path(store / "CT-CLIP_tiny.pt", entry.sha256))["latents"]
+    with torch.no_grad():
+        image = model.image_latents(x[None])
+        cpu = model.logits(latents, image)[:, 0].reshape(18, 2).softmax(-1)[:, 0]
+    on_gpu = load(store, entry, _settings(store).neural)
+    assert on_gpu.device.type == "cuda" and on_gpu.autocast_bf16
+    gpu = on_gpu.probabilities_from_input(preprocess(volume, (40, 80, 80), on_gpu.device))
+    assert float((gpu - cpu).abs().max()) < 1e-2
