@@ -31,7 +31,7 @@ class AnalyzerState:
     name: str
     enabled: bool
     reason: str
-    fault: bool = False  # weights registered but missing or corrupt: the site must act
+    fault: bool = False  # registered weights missing, corrupt or unloadable: the site must act
 
 
 def _entries(weights_dir: Path) -> list[ModelEntry]:
