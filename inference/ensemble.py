@@ -180,7 +180,20 @@ def build(settings: Settings) -> Ensemble:
         except (ValueError, ImportError) as exc:
             log.error("analyzer %s cannot run: %s", state.name, exc)
             final.append(replace(state, enabled=False, reason=str(exc), fault=True))
+    _share_encoders(neural)
     return Ensemble(tuple(neural), tuple(final))
+
+
+def _share_encoders(analyzers: Sequence[NeuralAnalyzer]) -> None:
+    """A ClassFine head on the very encoder the zero-shot model has (CT_LiPro trained on
+    the frozen CT-CLIP) runs on that encoder's pass: one forward per volume, not two."""
+    from inference.ctclip.scoring import CTCLIPScorer
+
+    by_name = {a.name: a for a in analyzers if isinstance(a, CTCLIPScorer)}
+    zero_shot = by_name.get(ctclip_results.ZERO_SHOT)
+    supervised = by_name.get(ctclip_results.SUPERVISED)
+    if zero_shot is not None and supervised is not None and supervised.share_encoder(zero_shot):
+        log.info("ctclip-supervised shares the ctclip image encoder: one pass per volume")
 
 
 def shared(settings: Settings) -> Ensemble:

@@ -65,10 +65,16 @@ def vocab_file(path: Path) -> Path:
 
 
 def make_store(
-    store: Path, *, zero_shot: bool = True, supervised: bool = True, vocab: bool = True
+    store: Path,
+    *,
+    zero_shot: bool = True,
+    supervised: bool = True,
+    vocab: bool = True,
+    frozen_encoder: bool = True,
 ) -> Path:
     """Write and register the tiny checkpoints: ``tiny-ct-clip`` (analyzer ``ctclip``) and
-    ``tiny-ct-lipro`` (``ctclip-supervised``)."""
+    ``tiny-ct-lipro`` (``ctclip-supervised``), whose image encoder is the base model's
+    (linear probing) unless ``frozen_encoder`` is false."""
     store.mkdir(parents=True, exist_ok=True)
     (store / "tiny-ctclip.json").write_text(json.dumps(TINY), encoding="utf-8")
     side = {"architecture": "tiny-ctclip.json"}
@@ -87,7 +93,9 @@ def make_store(
         )
     if supervised:
         gen = torch.Generator().manual_seed(7)
-        lipro = {f"trained_model.{k}": v for k, v in base.items()}
+        lipro = {f"trained_model.{k}": v.clone() for k, v in base.items()}
+        if not frozen_encoder:
+            lipro["trained_model.to_visual_latent.weight"] += 0.01
         lipro["classifier.weight"] = torch.randn(18, 8, generator=gen) * 4
         lipro["classifier.bias"] = torch.randn(18, generator=gen)
         torch.save(lipro, store / "CT_LiPro_tiny.pt")

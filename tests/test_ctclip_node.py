@@ -24,7 +24,7 @@ from inference.ctclip.checkpoint import load_checkpoint
 from inference.ctclip.model import CTCLIP, CTCLIPConfig
 from inference.ctclip.preprocess import preprocess
 from inference.ctclip.results import FEATURE_SETS, feature_name
-from inference.ctclip.scoring import text_cache_path
+from inference.ctclip.scoring import CTCLIPScorer, text_cache_path
 from inference.findings import CT_RATE_LABELS, AnalyzerResult
 from inference.fusion import RuleBasedFusion
 from inference.loading import load_series
@@ -340,3 +340,25 @@ def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) 
     assert on_gpu.device.type == "cuda" and on_gpu.autocast_bf16
     gpu = on_gpu.probabilities_from_input(preprocess(volume, (40, 80, 80), on_gpu.device))
     assert float((gpu - cpu).abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_classfine_head_on_the_same_encoder_shares_its_pass(
+    frozen: bool, volume: Volume, tmp_path: Path
+) -> None:
+    from inference.ctclip.model import ClassFine
+
+    store = make_store(tmp_path / "weights", frozen_encoder=frozen)
+    built = ensemble.build(_settings(store))
+    zero_shot, supervised = built.neural
+    assert isinstance(zero_shot, CTCLIPScorer) and isinstance(supervised, CTCLIPScorer)
+    assert (supervised.encoder is zero_shot) is frozen
+    assert (supervised.base is zero_shot.base) is frozen
+    analysis = built.run(volume, sharp_kernel=False)
+    got = [f.score for f in analysis.results[2].findings]
+
+    lipro = load_checkpoint(store / "CT_LiPro_tiny.pt", CTCLIPConfig.from_json(TINY))
+    assert isinstance(lipro, ClassFine)
+    with torch.no_grad():
+        expected = lipro.probabilities(preprocess(volume, (40, 80, 80))[None])[0].tolist()
+    assert got == pytest.approx(expected, abs=1e-5)

@@ -502,5 +502,8 @@ class ClassFine(nn.Module):
 
     def probabilities(self, volume: Tensor) -> Tensor:
         """sigmoid(classifier(ReLU(image latent))): (b, 18)."""
-        latent = self.trained_model.image_latents(volume)
-        return torch.sigmoid(self.classifier(F.relu(latent)))
+        return self.from_latents(self.trained_model.image_latents(volume))
+
+    def from_latents(self, latents: Tensor) -> Tensor:
+        """The classifier's probabilities (b, 18) from L2-normalised image latents."""
+        return torch.sigmoid(self.classifier(F.relu(latents)))

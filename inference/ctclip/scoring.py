@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import unicodedata
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +129,9 @@ class CTCLIPScorer:
     name and version; ``autocast_bf16`` runs the encoder under bfloat16 autocast on its
     device (the quantiser's code choice and the latent projection stay in float32). One
     forward pass at a time: worker threads share the model, and two passes at once would
-    double the activation memory for no gain on the same cores or GPU.
+    double the activation memory for no gain on the same cores or GPU. A ClassFine scorer
+    whose image encoder is the zero-shot one's, weight for weight, uses that encoder
+    (:meth:`share_encoder`): one pass per volume serves both.
     """
 
     model: CTCLIP | ClassFine
@@ -138,7 +141,9 @@ class CTCLIPScorer:
     prompt_latents: Tensor | None = None
     autocast_bf16: bool = False
     weights_sha256: tuple[str, ...] = ()
+    encoder: CTCLIPScorer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _last: tuple[weakref.ref[Volume], Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model = self.model.to(self.device).eval()
@@ -150,30 +155,69 @@ class CTCLIPScorer:
         return self.device.type == "cpu"
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        base = self.model.trained_model if isinstance(self.model, ClassFine) else self.model
-        return base.cfg.input_shape
+    def base(self) -> CTCLIP:
+        """The CT-CLIP model whose image encoder this scorer runs."""
+        return self.model.trained_model if isinstance(self.model, ClassFine) else self.model
 
-    def probabilities_from_input(self, x: Tensor) -> Tensor:
-        """(18,) probabilities from a preprocessed (1, D, H, W) input."""
-        batch = x[None].to(self.device)
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.base.cfg.input_shape
+
+    def image_latents(self, x: Tensor) -> Tensor:
+        """(1, latent) float32 image latent of a preprocessed (1, D, H, W) input."""
         kind = self.device.type
         with (
             self._lock,
             torch.no_grad(),
             torch.autocast(kind, torch.bfloat16, enabled=self.autocast_bf16),
         ):
+            return self.base.image_latents(x[None].to(self.device)).float()
+
+    def probabilities_from_latents(self, image: Tensor) -> Tensor:
+        """(18,) probabilities from a (1, latent) image latent."""
+        with torch.no_grad():
             if isinstance(self.model, ClassFine):
-                return self.model.probabilities(batch)[0].float().cpu()
-            image = self.model.image_latents(batch).float()
+                return self.model.from_latents(image)[0].float().cpu()
             assert self.prompt_latents is not None
             text = self.prompt_latents.to(self.device)
             logits = self.model.logits(text, image)[:, 0].float().reshape(-1, 2)
             return logits.softmax(dim=-1)[:, 0].cpu()
 
+    def probabilities_from_input(self, x: Tensor) -> Tensor:
+        """(18,) probabilities from a preprocessed (1, D, H, W) input."""
+        return self.probabilities_from_latents(self.image_latents(x))
+
+    def volume_latents(self, volume: Volume) -> Tensor:
+        """The image latent of ``volume``, computed once for every scorer sharing this
+        encoder (the last volume's is kept, by identity, while that volume lives)."""
+        if self.encoder is not None:
+            return self.encoder.volume_latents(volume)
+        last = self._last
+        if last is not None and last[0]() is volume:
+            return last[1]
+        latents = self.image_latents(preprocess(volume, self.input_shape, self.device))
+        self._last = (weakref.ref(volume), latents)
+        return latents
+
+    def share_encoder(self, other: CTCLIPScorer) -> bool:
+        """Use ``other``'s image encoder when it is this one's, tensor for tensor, on the same
+        device and precision (a ClassFine head trained on the frozen base model); this
+        scorer's copy is then freed. False, and nothing changes, otherwise."""
+        if (other.device, other.autocast_bf16) != (self.device, self.autocast_bf16):
+            return False
+        mine, theirs = self.base.state_dict(), other.base.state_dict()
+        keys = set(mine) - {"temperature"}
+        if keys != set(theirs) - {"temperature"}:
+            return False
+        if not all(torch.equal(mine[k], theirs[k]) for k in sorted(keys)):
+            return False
+        if isinstance(self.model, ClassFine):
+            self.model.trained_model = other.base
+        self.encoder = other
+        return True
+
     def analyze(self, volume: Volume) -> AnalyzerResult:
         """Score ``volume``: findings carry P(present), features are named by analyzer and
         label (``inference.ctclip.results``)."""
-        x = preprocess(volume, self.input_shape, self.device)
-        probs = self.probabilities_from_input(x).tolist()
+        probs = self.probabilities_from_latents(self.volume_latents(volume)).tolist()
         return to_result(probs, self.name, self.version, self.weights_sha256)
