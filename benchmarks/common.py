@@ -81,3 +81,44 @@ def process_tree(pid: int) -> list[int]:
     for child in children(pid):
         result += process_tree(child)
     return result
+
+
+def ctclip_store(folder: Path) -> Path:
+    """A weights store as a site has it after registering the published CT-CLIP_v2 and
+    CT_LiPro_v2 files and caching the prompt latents, with seeded random weights of the
+    real shape (3.5 GB on disk): the node's cost does not depend on the values."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from inference import weights
+    from inference.ctclip.model import CTCLIP
+    from inference.ctclip.scoring import prompts, text_cache_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = CTCLIP()
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.02, 0.02)
+        emb = model.visual_transformer.vq._codebook.embed
+        emb.copy_(torch.nn.functional.normalize(torch.randn_like(emb), dim=-1))
+    state = dict(model.state_dict())
+    state["text_transformer.embeddings.position_ids"] = torch.arange(512)[None]
+    torch.save(state, folder / "CT-CLIP_v2.pt")
+    lipro = {f"trained_model.{k}": v for k, v in state.items()}
+    lipro["classifier.weight"] = torch.randn(18, 512) * 0.1
+    lipro["classifier.bias"] = torch.zeros(18)
+    torch.save(lipro, folder / "CT_LiPro_v2.pt")
+    del model, state, lipro
+    base = weights.register(folder, folder / "CT-CLIP_v2.pt", name="ct-clip-v2", analyzer="ctclip")
+    weights.register(
+        folder, folder / "CT_LiPro_v2.pt", name="ct-lipro-v2", analyzer="ctclip-supervised"
+    )
+    latents = torch.nn.functional.normalize(torch.randn(36, 512), dim=-1)
+    torch.save(
+        {"sha256": base.sha256, "prompts": prompts(), "latents": latents},
+        text_cache_path(folder / "CT-CLIP_v2.pt", base.sha256),
+    )
+    return folder

@@ -8,7 +8,10 @@ own records: load, analyse and report from the job's timings, send from the resu
 the last delivery; "wait" is the rest (assembly tick, worker poll, outbox tick). Peak RSS is
 the sum of VmHWM over the node's process tree (main process and decoding pool).
 
-    python benchmarks/turnaround.py [--repeat 1] [--stable-age 2]
+    python benchmarks/turnaround.py [--repeat 1] [--stable-age 2] [--ctclip]
+
+``--ctclip`` runs the node with both CT-CLIP analyzers (zero-shot and ClassFine, sharing one
+encoder), registered from generated weights of the published shape.
 
 Target on 2 cores: under 20 s for the 248-slice CT (the system ctnode grew from quotes 5-10
 minutes on CPU and 30-60 s on GPU).
@@ -31,17 +34,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import REAL_CTS, peak_rss_mb, process_tree  # noqa: E402
+from benchmarks.common import REAL_CTS, ctclip_store, peak_rss_mb, process_tree  # noqa: E402
 from tests.node_process import NodeProcess, Pacs  # noqa: E402
 
 SR_PREFIX = "SR"  # storescp names files by modality and SOP Instance UID
 STAGES = ("load", "analyse", "report", "send", "wait")
 
 
-def run_case(folder: Path, workdir: Path, stable_age: float) -> dict[str, float]:
+def run_case(
+    folder: Path, workdir: Path, stable_age: float, weights: Path | None = None
+) -> dict[str, float]:
     pacs = Pacs(workdir / "pacs").start()
+    extra = {"NEURAL__WEIGHTS_DIR": str(weights)} if weights else {}
     node = NodeProcess(
         workdir / "var",
+        **extra,
         ASSEMBLY__STABLE_AGE=str(stable_age),
         ASSEMBLY__TICK="0.25",
         WORKER__POLL="0.25",
@@ -94,7 +101,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per CT (median shown)")
     parser.add_argument("--stable-age", type=float, default=2.0)
+    parser.add_argument("--ctclip", action="store_true", help="with both CT-CLIP analyzers")
     args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory(prefix="ctnode-weights-")
+    weights = ctclip_store(Path(scratch.name)) if args.ctclip else None
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             print(f"{tool} not found: install dcmtk", file=sys.stderr)
@@ -107,7 +117,7 @@ def main() -> int:
         runs = []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix="ctnode-turnaround-") as tmp:
-                runs.append(run_case(folder, Path(tmp), args.stable_age))
+                runs.append(run_case(folder, Path(tmp), args.stable_age, weights))
             print(name, json.dumps({k: round(v, 2) for k, v in runs[-1].items()}), file=sys.stderr)
         rows.append((name, {k: statistics.median(r[k] for r in runs) for k in runs[0]}))
     header = ("series", "turnaround s", *(f"{s} s" for s in STAGES), "peak RSS MB")
@@ -116,6 +126,7 @@ def main() -> int:
     for name, r in rows:
         cells = [f"{r['turnaround']:.1f}", *(f"{r[s]:.1f}" for s in STAGES)]
         print(f"| {name} | " + " | ".join(cells) + f" | {r['peak_rss_mb']:.0f} |")
+    scratch.cleanup()
     return 0
 
 
