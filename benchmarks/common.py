@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO.parent / "shared" / "testdata"
@@ -83,6 +84,29 @@ def process_tree(pid: int) -> list[int]:
     return result
 
 
+def random_ctclip(seed: int = 0) -> Any:
+    """CT-CLIP of the published shape with seeded random weights: parameters uniform in
+    +-0.02, codebook rows random unit vectors, buffers as the model defines them (zero
+    LayerNorm biases; ``to_empty`` would leave them as whatever memory held)."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from inference.ctclip.model import CTCLIP
+
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = CTCLIP()
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.02, 0.02)
+        for name, buffer in model.named_buffers():
+            buffer.fill_(1.0 if name.endswith("initted") else 0.0)
+        emb = model.visual_transformer.vq._codebook.embed
+        emb.copy_(torch.nn.functional.normalize(torch.randn_like(emb), dim=-1))
+    return model
+
+
 def ctclip_store(folder: Path) -> Path:
     """A weights store as a site has it after registering the published CT-CLIP_v2 and
     CT_LiPro_v2 files and caching the prompt latents, with seeded random weights of the
@@ -91,19 +115,10 @@ def ctclip_store(folder: Path) -> Path:
     import torch
 
     from inference import weights
-    from inference.ctclip.model import CTCLIP
     from inference.ctclip.scoring import prompts, text_cache_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = CTCLIP()
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.uniform_(-0.02, 0.02)
-        emb = model.visual_transformer.vq._codebook.embed
-        emb.copy_(torch.nn.functional.normalize(torch.randn_like(emb), dim=-1))
+    model = random_ctclip()
     state = dict(model.state_dict())
     state["text_transformer.embeddings.position_ids"] = torch.arange(512)[None]
     torch.save(state, folder / "CT-CLIP_v2.pt")

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import random_ctclip
 from inference.ctclip import model as ctclip_model
 from inference.ctclip.analyzer import drop_unused
 from inference.ctclip.model import CTCLIP
@@ -114,15 +115,8 @@ def main() -> int:
         print(f"skipped: {SERIES} is absent")
         return 0
     device = pick_device(args.threads)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = CTCLIP()
-    model = model.to_empty(device="cpu")
+    model: CTCLIP = random_ctclip()
     with torch.no_grad():
-        for p in model.parameters():
-            p.uniform_(-0.02, 0.02)
-        emb = model.visual_transformer.vq._codebook.embed
-        emb.copy_(torch.nn.functional.normalize(torch.randn_like(emb), dim=-1))
         # a trained CLIP's temperature (exp = 100, the clamp CLIP training uses): random
         # logits then swing as far as real ones, so bf16's error shows at full size
         model.temperature.fill_(math.log(100.0))

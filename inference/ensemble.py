@@ -48,9 +48,6 @@ class NeuralAnalyzer(Protocol):
     version: str
     weights_sha256: tuple[str, ...]
 
-    @property
-    def on_cpu(self) -> bool: ...
-
     def analyze(self, volume: Volume) -> AnalyzerResult: ...
 
 
@@ -110,17 +107,15 @@ class Ensemble:
         fusion: FusionModel | None = None,
         max_nodules: int = 5,
     ) -> Analysis:
-        """Every analyzer on ``volume``, then the fusion. Analyzers on a GPU run while the
-        quantitative analysis uses the CPU; on the CPU they run one after the other (both
-        already use every core)."""
-        offloaded = [a for a in self.neural if not a.on_cpu]
+        """Every analyzer on ``volume``, then the fusion. The neural analyzers run one after
+        the other in a thread of their own while the quantitative analysis runs here: on a
+        GPU the two overlap completely, and on two CPU cores the network fills what the
+        quantitative analysis leaves idle (for the 248-slice CT about a fifth less time
+        than one after the other: 15 s instead of 18-20 s)."""
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = [(a, pool.submit(a.analyze, volume)) for a in offloaded]
+            pending = [(a, pool.submit(a.analyze, volume)) for a in self.neural]
             quant = quantitative.analyze(volume, sharp_kernel=sharp_kernel, max_nodules=max_nodules)
-            done = [(a, _outcome(a, volume)) for a in self.neural if a.on_cpu]
-            done += [(a, _collect(a, future, volume)) for a, future in pending]
-        order = {name: i for i, name in enumerate(self.names)}
-        done.sort(key=lambda pair: order[pair[0].name])
+            done = [(a, _collect(a, future, volume)) for a, future in pending]
         results = (quant.result, *(r for _, r in done if isinstance(r, AnalyzerResult)))
         failed = tuple((a.name, r) for a, r in done if isinstance(r, str))
         fused = (fusion or RuleBasedFusion()).fuse(results)
@@ -134,20 +129,13 @@ class Ensemble:
         )
 
 
-def _outcome(analyzer: NeuralAnalyzer, volume: Volume) -> AnalyzerResult | str:
-    """The analyzer's result, or the reason it failed on this volume."""
-    try:
-        return analyzer.analyze(volume)
-    except Exception as exc:  # a model failing on one volume must not fail the study
-        return _failed(analyzer, volume, exc)
-
-
 def _collect(
     analyzer: NeuralAnalyzer, future: Future[AnalyzerResult], volume: Volume
 ) -> AnalyzerResult | str:
+    """The analyzer's result, or the reason it failed on this volume."""
     try:
         return future.result()
-    except Exception as exc:
+    except Exception as exc:  # a model failing on one volume must not fail the study
         return _failed(analyzer, volume, exc)
 
 

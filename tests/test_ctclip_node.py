@@ -190,7 +190,6 @@ class _Broken:
     name = "ctclip"
     version = "broken"
     weights_sha256: tuple[str, ...] = ()
-    on_cpu = True
 
     def analyze(self, volume: Volume) -> AnalyzerResult:
         raise RuntimeError("CUDA out of memory")

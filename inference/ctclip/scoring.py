@@ -151,10 +151,6 @@ class CTCLIPScorer:
             raise ValueError("zero-shot scoring needs the prompt latents")
 
     @property
-    def on_cpu(self) -> bool:
-        return self.device.type == "cpu"
-
-    @property
     def base(self) -> CTCLIP:
         """The CT-CLIP model whose image encoder this scorer runs."""
         return self.model.trained_model if isinstance(self.model, ClassFine) else self.model
