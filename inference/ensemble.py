@@ -115,7 +115,7 @@ class Ensemble:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = [(a, pool.submit(a.analyze, volume)) for a in self.neural]
             quant = quantitative.analyze(volume, sharp_kernel=sharp_kernel, max_nodules=max_nodules)
-            done = [(a, _collect(a, future, volume)) for a, future in pending]
+            done = [(a, _collect(a, future)) for a, future in pending]
         results = (quant.result, *(r for _, r in done if isinstance(r, AnalyzerResult)))
         failed = tuple((a.name, r) for a, r in done if isinstance(r, str))
         fused = (fusion or RuleBasedFusion()).fuse(results)
@@ -129,21 +129,18 @@ class Ensemble:
         )
 
 
-def _collect(
-    analyzer: NeuralAnalyzer, future: Future[AnalyzerResult], volume: Volume
-) -> AnalyzerResult | str:
+def _collect(analyzer: NeuralAnalyzer, future: Future[AnalyzerResult]) -> AnalyzerResult | str:
     """The analyzer's result, or the reason it failed on this volume."""
     try:
         return future.result()
     except Exception as exc:  # a model failing on one volume must not fail the study
-        return _failed(analyzer, volume, exc)
+        return _failed(analyzer, exc)
 
 
-def _failed(analyzer: NeuralAnalyzer, volume: Volume, exc: Exception) -> str:
-    from scp.uids import uid_hash
-
+def _failed(analyzer: NeuralAnalyzer, exc: Exception) -> str:
+    """The reason, logged in the caller's thread (the job's correlation id)."""
     reason = f"failed on this series: {type(exc).__name__}: {exc}"[:200]
-    log.warning("analyzer %s %s (series %s)", analyzer.name, reason, uid_hash(volume.series_uid))
+    log.warning("analyzer %s %s", analyzer.name, reason)
     return reason
 
 
