@@ -361,3 +361,20 @@ def test_a_classfine_head_on_the_same_encoder_shares_its_pass(
     with torch.no_grad():
         expected = lipro.probabilities(preprocess(volume, (40, 80, 80))[None])[0].tolist()
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_feature_extraction_with_ctclip_caches_each_analyzer(store: Path, tmp_path: Path) -> None:
+    from training.extract import Unit, extract
+
+    chest_phantom(tmp_path / "a", "features-a", lesion_mm=25.0)
+    chest_phantom(tmp_path / "b", "features-b")
+    units = [Unit("a", path=tmp_path / "a"), Unit("b", path=tmp_path / "b")]
+    table, summary = extract(units, _settings(store), cache_dir=tmp_path / "cache", jobs=2)
+    assert summary.analysed == 2
+    assert table.schema.version == "quantitative-1+ctclip-1+ctclip-supervised-1"
+    column = table.schema.names.index(feature_name("ctclip-supervised", "Consolidation"))
+    assert not np.isnan(table.values[:, column]).any()
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 6  # 2 series x 3 analyzers
+    again, summary = extract(units, _settings(store), cache_dir=tmp_path / "cache")
+    assert summary.cached == 2
+    assert np.array_equal(again.values, table.values, equal_nan=True)
