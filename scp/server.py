@@ -505,6 +505,7 @@ class Session:
                 self.request.calling_ae,
                 self.context.transfer_syntax,
                 self.cid,
+                self.digest.hexdigest(),
             )
         finally:
             temp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ Each receipt check is asserted twice: the DICOM status the SCU gets, and the sid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import socket
 import ssl
@@ -448,11 +449,13 @@ def test_every_transfer_syntax_is_stored_byte_exact(
         assert assoc.send_c_store(path).Status == 0, path.name
         assoc.release()
         row = node.index.query(
-            "SELECT path, transfer_syntax FROM instances WHERE sop_instance_uid = ?",
+            "SELECT path, transfer_syntax, sha256 FROM instances WHERE sop_instance_uid = ?",
             (str(meta.MediaStorageSOPInstanceUID),),
         )[0]
         assert row["transfer_syntax"] == meta.TransferSyntaxUID
-        assert _after_meta(node.spool.path(row["path"])) == _after_meta(path), path.name
+        stored = _after_meta(node.spool.path(row["path"]))
+        assert stored == _after_meta(path), path.name
+        assert row["sha256"] == hashlib.sha256(stored).hexdigest(), path.name
         seen.add(str(meta.TransferSyntaxUID))
     assert len(seen) >= 15
 
