@@ -3,9 +3,11 @@
 Each association runs in its own thread over the upper layer in ``scp.upper_layer``. A
 received data set streams straight into a temp file in the spool's ``tmp/`` behind a File
 Meta header the node writes, so a 500 MB multi-frame never sits in memory and the bytes on
-disk are the bytes that came over the wire. ``_store`` then checks the instance, moves that
+disk are the bytes that came over the wire. ``store`` then checks the instance, moves that
 very file into ``store/`` (fsync, rename, fsync directory), lets the injected sink commit its
-index row, and only then is Success sent.
+index row, and only then is Success sent. The directory fsync and the index commit are
+shared by the instances of concurrent associations waiting at the same moment
+(``scp.group_commit``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydicom.errors import InvalidDicomError
 
 from config import SCPSettings
 from scp import upper_layer as ul
+from scp.group_commit import CommitFailed, GroupCommit
 from scp.policy import AssociationPolicy
 from scp.sink import InstanceSink, ReceivedInstance, Refusal
 from scp.sop_classes import (
@@ -93,6 +96,7 @@ class StorageSCP:
         self.supported: dict[str, tuple[str, ...]] = {uid: TRANSFER_SYNTAXES for uid in storage}
         self.supported[VERIFICATION] = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
         self._locks = [threading.Lock() for _ in range(64)]
+        self._group_commit = GroupCommit(spool, sink)
         self._slots = threading.BoundedSemaphore(max(1, settings.max_associations))
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
@@ -333,7 +337,8 @@ class StorageSCP:
             identity.study_uid, identity.series_uid, identity.sop_instance_uid, sha256
         )
         try:
-            self.spool.place(temp, relative)
+            self.spool.sync_file(temp)
+            final = self.spool.move_in(temp, relative)
         except OSError as exc:
             rejection = Rejection(OUT_OF_RESOURCES, "spool_write_failed", exc.strerror or str(exc))
             return self._refuse(
@@ -343,12 +348,14 @@ class StorageSCP:
             identity, header, relative, sha256, size, transfer_syntax, calling, previous
         )
         try:
-            self.sink.record(received)
-        except Exception:
-            log.exception(
-                "indexing instance %s failed",
+            self._group_commit.commit(received, final.parent)
+        except CommitFailed as exc:
+            log.error(
+                "making instance %s durable failed: %s",
                 uid_hash(identity.sop_instance_uid),
+                exc,
                 extra={"cid": cid},
+                exc_info=exc.__cause__,
             )
             self.spool.remove(relative)
             return OUT_OF_RESOURCES

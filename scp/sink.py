@@ -3,6 +3,7 @@ the network edge knows nothing of the database (DESIGN.md, layers)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,11 @@ class InstanceSink(Protocol):
 
     def record(self, instance: ReceivedInstance) -> None:
         """Index ``instance`` durably (committed when this returns) or raise."""
+        ...
+
+    def record_many(self, instances: Sequence[ReceivedInstance]) -> None:
+        """Index all of ``instances`` in one transaction (committed when this returns), or
+        none of them and raise."""
         ...
 
     def refused(self, refusal: Refusal) -> None:

@@ -45,18 +45,38 @@ class Spool:
 
     def place(self, temp: Path, relative: str) -> Path:
         """Move a complete temp file to ``store/relative`` durably; returns the final path."""
-        final = self.store_dir / relative
+        self.sync_file(temp)
+        final = self.move_in(temp, relative)
+        self.sync_directory(final.parent)
+        return final
+
+    def sync_file(self, path: Path) -> None:
+        """The first step of ``place``: the file's bytes reach the disk."""
         if self.fsync:
-            fd = os.open(temp, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def sync_fd(self, fd: int) -> None:
+        """``sync_file`` for a file the caller holds open."""
+        if self.fsync:
+            os.fsync(fd)
+
+    def move_in(self, temp: Path, relative: str) -> Path:
+        """The middle step of ``place``: rename a temp file, already synced with
+        ``sync_file``, to ``store/relative``. Durable only once ``sync_directory`` of its
+        folder has returned; ``scp.group_commit`` does that once for several instances."""
+        final = self.store_dir / relative
         self._make_dirs(final.parent)
         os.replace(temp, final)
-        if self.fsync:
-            _fsync_dir(final.parent)
         return final
+
+    def sync_directory(self, folder: Path) -> None:
+        """The last step of ``place``: the renames into ``folder`` reach the disk."""
+        if self.fsync:
+            _fsync_dir(folder)
 
     def write_atomic(self, relative: str, chunks: Iterable[bytes]) -> Path:
         """Write ``chunks`` to ``store/relative`` via a temp file; readers never see a part."""
