@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from pydicom.dataset import Dataset
 
+from scp.header import HeaderValues
 from scp.sink import ReceivedInstance, Refusal, StoredCopy
 
 DB_NAME = "index.sqlite"
@@ -480,18 +480,18 @@ def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoc
     )
 
 
-def _patient_key(ds: Dataset) -> str:
+def _patient_key(ds: HeaderValues) -> str:
     """Patients are keyed by a hash of ID and issuer, so the key itself carries no PHI."""
     raw = f"{_text(ds, 'PatientID')}\\{_text(ds, 'IssuerOfPatientID')}"
     return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: HeaderValues, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value)
 
 
-def _multi(ds: Dataset, keyword: str) -> str:
+def _multi(ds: HeaderValues, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -503,7 +503,7 @@ def _multi(ds: Dataset, keyword: str) -> str:
         return str(value)
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
+def _float(ds: HeaderValues, keyword: str) -> float | None:
     try:
         value = ds.get(keyword)
         return None if value in (None, "") else float(value)
@@ -511,7 +511,7 @@ def _float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: HeaderValues, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return None if value in (None, "") else int(value)

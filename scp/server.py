@@ -24,14 +24,17 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag, Tag
 
 from config import SCPSettings
+from scp import header
 from scp import upper_layer as ul
 from scp.group_commit import CommitFailed, GroupCommit
+from scp.header import HeaderValues
 from scp.policy import AssociationPolicy
 from scp.sink import InstanceSink, ReceivedInstance, Refusal
 from scp.sop_classes import (
@@ -60,17 +63,8 @@ _HASH_CHUNK = 1 << 20
 _MAX_CONTROL_PDU = 1 << 20
 _STOP_GRACE = 10.0
 
-# The attributes validation and the index use: parsing only these is a third of the cost
-# of parsing a whole CT header.
-HEADER_TAGS: list[str] = [
-    "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate",
-    "StudyTime", "AccessionNumber", "Modality", "StudyDescription", "SeriesDescription",
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "BodyPartExamined", "SliceThickness", "ConvolutionKernel", "StudyInstanceUID",
-    "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "ImagePositionPatient",
-    "ImageOrientationPatient", "FrameOfReferenceUID", "NumberOfFrames", "Rows", "Columns",
-    "PixelSpacing",
-]  # fmt: skip
+# As tag numbers: dcmread otherwise looks every keyword up again for every instance.
+_HEADER_TAG_NUMBERS: list[BaseTag] = [Tag(keyword) for keyword in header.HEADER_TAGS]
 
 
 @dataclass(frozen=True)
@@ -285,25 +279,10 @@ class StorageSCP:
         )
         if rejection:
             return self._refuse(rejection, sop_class, sop_instance, calling, cid)
-        try:
-            header = dcmread(temp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            identity = check_identity(header, sop_class, sop_instance)
-            meta_end = 144 + int(header.file_meta.FileMetaInformationGroupLength)
-        except (
-            InvalidDicomError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            AttributeError,
-            OSError,
-        ) as exc:
-            rejection = Rejection(
-                CANNOT_UNDERSTAND, "undecodable", f"data set cannot be parsed: {type(exc).__name__}"
-            )
-            return self._refuse(rejection, sop_class, sop_instance, calling, cid)
-        if isinstance(identity, Rejection):
-            return self._refuse(identity, sop_class, sop_instance, calling, cid)
+        outcome = _parse_header(temp, sop_class, sop_instance, transfer_syntax)
+        if isinstance(outcome, Rejection):
+            return self._refuse(outcome, sop_class, sop_instance, calling, cid)
+        values, identity, meta_end = outcome
         if has_leading_zero(sop_instance):
             log.warning(
                 "SOP Instance UID %s has a component with a leading zero (PS3.5 9.1)",
@@ -312,13 +291,13 @@ class StorageSCP:
             )
         sha256 = sha256 or _sha256_from(temp, meta_end)
         with self._locks[int(name_hash(sop_instance)[:8], 16) % len(self._locks)]:
-            return self._commit(temp, identity, header, sha256, size, calling, transfer_syntax, cid)
+            return self._commit(temp, identity, values, sha256, size, calling, transfer_syntax, cid)
 
     def _commit(
         self,
         temp: Path,
         identity: Identity,
-        header: Any,
+        values: HeaderValues,
         sha256: str,
         size: int,
         calling: str,
@@ -345,7 +324,7 @@ class StorageSCP:
                 rejection, identity.sop_class_uid, identity.sop_instance_uid, calling, cid
             )
         received = ReceivedInstance(
-            identity, header, relative, sha256, size, transfer_syntax, calling, previous
+            identity, values, relative, sha256, size, transfer_syntax, calling, previous
         )
         try:
             self._group_commit.commit(received, final.parent)
@@ -530,6 +509,39 @@ class Session:
                 "connection closed mid-transfer: partial instance discarded",
                 extra={"cid": self.cid},
             )
+
+
+def _parse_header(
+    temp: Path, sop_class: str, sop_instance: str, transfer_syntax: str
+) -> tuple[HeaderValues, Identity, int] | Rejection:
+    """The attributes validation and the index need, checked against the command; the
+    values, the identity and where the data set starts, or why it cannot be stored.
+    ``scp.header`` reads them unless it cannot, or finds a reason to refuse: pydicom, which
+    reads more kinds of damaged data sets, then has the last word."""
+    fast = header.read(temp, transfer_syntax)
+    if fast is not None:
+        identity = check_identity(fast, sop_class, sop_instance)
+        if not isinstance(identity, Rejection):
+            return fast, identity, fast.meta_end
+    try:
+        dataset = dcmread(temp, stop_before_pixels=True, specific_tags=_HEADER_TAG_NUMBERS)
+        identity = check_identity(dataset, sop_class, sop_instance)
+        meta_end = 144 + int(dataset.file_meta.FileMetaInformationGroupLength)
+    except (
+        InvalidDicomError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        AttributeError,
+        OSError,
+    ) as exc:
+        return Rejection(
+            CANNOT_UNDERSTAND, "undecodable", f"data set cannot be parsed: {type(exc).__name__}"
+        )
+    if isinstance(identity, Rejection):
+        return identity
+    return dataset, identity, meta_end
 
 
 def _read_pdu(conn: socket.socket, buffer: bytearray, limit: int) -> tuple[int, memoryview]:

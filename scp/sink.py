@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydicom.dataset import Dataset
-
+from scp.header import HeaderValues
 from scp.validation import Identity
 
 
@@ -25,7 +24,7 @@ class ReceivedInstance:
     """A durable, validated instance: its file is in place when the sink sees it."""
 
     identity: Identity
-    header: Dataset
+    header: HeaderValues  # a pydicom Dataset or an scp.header.Header
     relative_path: str
     sha256: str
     size: int
