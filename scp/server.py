@@ -398,6 +398,7 @@ class Session:
         self.context: ul.ContextResult | None = None
         self.file: BinaryIO | None = None
         self.temp: Path | None = None
+        self.written = 0
         self.digest = hashlib.sha256()
 
     def run(self) -> None:
@@ -444,7 +445,9 @@ class Session:
             else:
                 if self.file is None:
                     raise ul.ProtocolError("data set fragment without a C-STORE command")
-                self.file.write(fragment)
+                written = self.file.write(fragment) or 0
+                self.scp.spool.start_writeback(self.file.fileno(), self.written, written)
+                self.written += written
                 self.digest.update(fragment)
                 if control & 0x02:
                     self._data_set_complete()
@@ -466,13 +469,16 @@ class Session:
             self.temp = Path(name)
             self.file = open(fd, "wb", buffering=0)  # noqa: SIM115 (closed when complete)
             self.digest = hashlib.sha256()
-            self.file.write(
-                ul.file_meta(
-                    command.affected_sop_class,
-                    command.affected_sop_instance,
-                    context.transfer_syntax,
-                    self.request.calling_ae,
+            self.written = (
+                self.file.write(
+                    ul.file_meta(
+                        command.affected_sop_class,
+                        command.affected_sop_instance,
+                        context.transfer_syntax,
+                        self.request.calling_ae,
+                    )
                 )
+                or 0
             )
         else:
             raise ul.ProtocolError(f"unsupported DIMSE command {command.command_field:#06x}")

@@ -12,9 +12,12 @@ instance gets a new name, replacing it never overwrites the copy the index still
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from scp.uids import name_hash
@@ -59,10 +62,13 @@ class Spool:
             finally:
                 os.close(fd)
 
-    def sync_fd(self, fd: int) -> None:
-        """``sync_file`` for a file the caller holds open."""
-        if self.fsync:
-            os.fsync(fd)
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start writing bytes just appended to a file being received, so that its
+        ``sync_file`` later finds less to wait for (Linux ``sync_file_range`` with
+        SYNC_FILE_RANGE_WRITE: it only starts the writes, it guarantees nothing; the fsync
+        still does). Elsewhere, and with fsync off, it does nothing."""
+        if self.fsync and _sync_file_range is not None:
+            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
     def move_in(self, temp: Path, relative: str) -> Path:
         """The middle step of ``place``: rename a temp file, already synced with
@@ -120,6 +126,23 @@ class Spool:
             created.mkdir(exist_ok=True)
             if self.fsync:
                 _fsync_dir(created.parent)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        function.restype = ctypes.c_int
+        return function
+    return None
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 def _fsync_dir(folder: Path) -> None:

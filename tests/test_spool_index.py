@@ -135,3 +135,19 @@ def test_recovery_removes_temp_and_orphans_and_forgets_missing(tmp_path: Path) -
     assert sorted(spool.stored()) == ["s/0.dcm"]
     series = index.query("SELECT state, instance_count FROM series")[0]
     assert series == {"state": "RECEIVING", "instance_count": 1}
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_writeback_started_while_receiving_changes_nothing_but_timing(
+    tmp_path: Path, fsync: bool
+) -> None:
+    spool = Spool(tmp_path, fsync=fsync)
+    temp = spool.tmp_dir / "incoming"
+    with open(temp, "wb", buffering=0) as fh:
+        offset = 0
+        for chunk in (b"a" * 70000, b"b" * 3, b"c" * 131072):
+            written = fh.write(chunk) or 0
+            spool.start_writeback(fh.fileno(), offset, written)
+            offset += written
+    final = spool.place(temp, "x/y.dcm")
+    assert final.read_bytes() == b"a" * 70000 + b"b" * 3 + b"c" * 131072
