@@ -9,7 +9,7 @@ machine), its peak RSS, and the ratio ctnode/storescp. Every receiver starts fre
 every run (new data dir).
 
     python benchmarks/ingest.py [--repeat 3] [--datasets real synthetic] [--processes 1 2]
-                                [--associations 1 4]
+                                [--associations 1 4] [--baseline DIR]
 
 storescp writes without fsync; ctnode runs with its defaults (fsync on). TCP_NODELAY=1 is set
 for both DCMTK tools: Debian's DCMTK 3.6.7 leaves Nagle's algorithm on otherwise.
@@ -114,12 +114,14 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
     return Result(seconds, rss, cpu)
 
 
-def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processes: int) -> Result:
+def run_ctnode(
+    files: Sequence[Path], associations: int, workdir: Path, processes: int, tree: Path = REPO
+) -> Result:
     data = Path(tempfile.mkdtemp(prefix="ctnode-", dir=workdir))
     port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(tree),
         "CTNODE_SCP__PORT": str(port),
         "CTNODE_SCP__HOST": "127.0.0.1",
         "CTNODE_SCP__PROCESSES": str(processes),
@@ -130,6 +132,7 @@ def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processe
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "node", "serve"],
+        cwd=tree,  # ``-m`` puts the working directory first on the path
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -171,6 +174,12 @@ def main() -> int:
         help="ctnode receiving-process counts to compare",
     )
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the ctnode of this source tree (e.g. `git archive REV | tar -x -C DIR`)",
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -191,15 +200,20 @@ def main() -> int:
         for name, files in datasets.items():
             megabytes = sum(f.stat().st_size for f in files) / 1e6
             for associations in args.associations:
+                trees = {"ctnode": REPO}
+                if args.baseline is not None:
+                    trees["ctnode (baseline)"] = args.baseline.resolve()
                 receivers: dict[str, list[Result]] = {"storescp": []}
-                for processes in args.processes:
-                    receivers[f"ctnode p={processes}"] = []
+                for label in trees:
+                    for processes in args.processes:
+                        receivers[f"{label} p={processes}"] = []
                 for _ in range(args.repeat):
                     receivers["storescp"].append(run_storescp(files, associations, workdir))
-                    for processes in args.processes:
-                        receivers[f"ctnode p={processes}"].append(
-                            run_ctnode(files, associations, workdir, processes)
-                        )
+                    for label, tree in trees.items():
+                        for processes in args.processes:
+                            receivers[f"{label} p={processes}"].append(
+                                run_ctnode(files, associations, workdir, processes, tree)
+                            )
                 reference = statistics.median(r.seconds for r in receivers["storescp"])
                 for receiver, results in receivers.items():
                     seconds = statistics.median(r.seconds for r in results)
