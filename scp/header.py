@@ -54,15 +54,21 @@ _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
 _UNDEFINED = 0xFFFFFFFF
+_EXPLICIT = {e: struct.Struct(e + "HH2sH") for e in "<>"}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_DEPTH = 16
-_READ = 1 << 17
+_FIRST_READ = 1 << 15  # a CT header up to Pixel Spacing is a few kB
+_MAX_READ = 1 << 20
 _TEXT_VRS = frozenset(("SH", "LO", "UC"))
 _STRING_VRS = frozenset(("AE", "AS", "CS", "DA", "DT", "TM"))
 
 
 class _CannotRead(Exception):
     pass
+
+
+class _Truncated(_CannotRead):
+    """The header goes on past the bytes read so far."""
 
 
 class HeaderValues(Protocol):
@@ -92,15 +98,24 @@ def read(path: Path, transfer_syntax: str) -> Header | None:
     if transfer_syntax in DEFLATED:
         return None
     with open(path, "rb") as fh:
-        data = fh.read(_READ)
-        complete = len(data) < _READ
+        data = fh.read(_FIRST_READ)
+        try:
+            return _parse(data, transfer_syntax, len(data) < _FIRST_READ)
+        except _Truncated:
+            data += fh.read(_MAX_READ - len(data))
+        except (_CannotRead, struct.error, UnicodeDecodeError, LookupError, ValueError):
+            return None
     try:
-        meta_end = 144 + struct.unpack_from("<I", data, 140)[0]
-        little = transfer_syntax != EXPLICIT_BIG
-        raw = _scan(data, meta_end, little, transfer_syntax == IMPLICIT_LITTLE, complete)
-        return Header(_convert(raw, little), meta_end)
+        return _parse(data, transfer_syntax, len(data) < _MAX_READ)
     except (_CannotRead, struct.error, UnicodeDecodeError, LookupError, ValueError):
         return None
+
+
+def _parse(data: bytes, transfer_syntax: str, complete: bool) -> Header:
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]
+    little = transfer_syntax != EXPLICIT_BIG
+    raw = _scan(data, meta_end, little, transfer_syntax == IMPLICIT_LITTLE, complete)
+    return Header(_convert(raw, little), meta_end)
 
 
 def _scan(
@@ -110,21 +125,36 @@ def _scan(
     found: dict[int, tuple[str, bytes]] = {}
     end = len(data)
     endian = "<" if little else ">"
+    short = _EXPLICIT[endian]
+    wanted_tags = _WANTED
     while offset < end:
-        tag, vr, length, offset = _element_header(data, offset, endian, implicit)
+        if implicit or offset + 8 > end:
+            tag, vr, length, offset = _element_header(data, offset, endian, implicit)
+        else:  # explicit VR, inline: most of a header's elements
+            group, element, raw_vr, length = short.unpack_from(data, offset)
+            tag = group << 16 | element
+            if group == 0xFFFE or raw_vr in _LONG_VRS:
+                tag, vr, length, offset = _element_header(data, offset, endian, implicit)
+            elif 65 <= raw_vr[0] <= 90 and 65 <= raw_vr[1] <= 90:
+                vr = ""
+                offset += 8
+            else:
+                raise _CannotRead("not an explicit VR")
+            if not vr and tag in wanted_tags:
+                vr = raw_vr.decode()
         if tag > _LAST:
             return found
         if length == _UNDEFINED:
             offset = _skip_sequence(data, offset, endian, implicit or vr == "UN", vr, 1)
             continue
         if offset + length > end:
-            raise _CannotRead("element runs past the bytes read")
-        wanted = _WANTED.get(tag)
+            raise _Truncated("element runs past the bytes read")
+        wanted = wanted_tags.get(tag)
         if wanted is not None:
             found[tag] = (vr or wanted[1], data[offset : offset + length])
         offset += length
     if not complete:
-        raise _CannotRead("the header is longer than the bytes read")
+        raise _Truncated("the header is longer than the bytes read")
     return found
 
 
@@ -132,7 +162,7 @@ def _element_header(
     data: bytes, offset: int, endian: str, implicit: bool
 ) -> tuple[int, str, int, int]:
     if offset + 8 > len(data):
-        raise _CannotRead("truncated element")
+        raise _Truncated("truncated element")
     group, element = struct.unpack_from(endian + "HH", data, offset)
     tag = group << 16 | element
     if implicit or group == 0xFFFE:
@@ -140,7 +170,7 @@ def _element_header(
     raw_vr = data[offset + 4 : offset + 6]
     if raw_vr in _LONG_VRS:
         if offset + 12 > len(data):
-            raise _CannotRead("truncated element")
+            raise _Truncated("truncated element")
         return (
             tag,
             raw_vr.decode(),
@@ -180,7 +210,7 @@ def _skip_sequence(
             else:
                 offset += length
         if offset > len(data):
-            raise _CannotRead("sequence runs past the bytes read")
+            raise _Truncated("sequence runs past the bytes read")
 
 
 def _convert(raw: dict[int, tuple[str, bytes]], little: bool) -> dict[str, Any]:

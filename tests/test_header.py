@@ -143,3 +143,14 @@ def test_garbage_is_left_to_pydicom(tmp_path: Path) -> None:
     ds = ct_series(1, 8, 8, seed="garbage")[0]
     path = _as_received(tmp_path, "g.dcm", b"\xff\xfe garbage, not a data set" * 3, ds, "1.2")
     assert header.read(path, EXPLICIT_LITTLE) is None
+
+
+@pytest.mark.parametrize("syntax", [header.IMPLICIT_LITTLE, EXPLICIT_LITTLE])
+def test_a_header_longer_than_the_first_read(tmp_path: Path, syntax: str) -> None:
+    ds = ct_series(1, 8, 8, seed="long header")[0]
+    ds.private_block(0x0019, "CTNODE TEST", create=True).add_new(0x01, "OB", b"\1" * 100_000)
+    path = _as_received(tmp_path, "long.dcm", _encode(ds, syntax), ds, syntax)
+    _assert_same(path, syntax)
+    ds.private_block(0x0019, "CTNODE TEST").add_new(0x01, "OB", b"\1" * 1_100_000)
+    huge = _as_received(tmp_path, "huge.dcm", _encode(ds, syntax), ds, syntax)
+    assert header.read(huge, syntax) is None  # past the most it reads: pydicom's turn
