@@ -345,12 +345,13 @@ class StorageSCP:
                 uid_hash(identity.sop_instance_uid),
                 extra={"cid": cid},
             )
-        log.debug(
-            "stored instance %s of series %s",
-            uid_hash(identity.sop_instance_uid),
-            uid_hash(identity.series_uid),
-            extra={"cid": cid},
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the hashes cost more than the rest of the line
+            log.debug(
+                "stored instance %s of series %s",
+                uid_hash(identity.sop_instance_uid),
+                uid_hash(identity.series_uid),
+                extra={"cid": cid},
+            )
         return SUCCESS
 
     def _refuse(
