@@ -3,13 +3,23 @@
 
 Datasets: the two real chest CTs of ../shared/testdata (348 files) and a synthetic 500-slice
 512x512 series. Each case runs with 1 and 4 concurrent associations (4 storescu processes,
-each sending a quarter of the files). Printed: instances/s, MB/s, the receiver's peak RSS,
-and the ratio ctnode/storescp. Every receiver starts fresh for every run (new data dir).
+each sending a quarter of the files). Printed: instances/s, MB/s, the receiver's CPU time
+per instance (user + system, all its processes: steadier than wall time on a shared
+machine), its peak RSS, and the ratio ctnode/storescp. Every receiver starts fresh for
+every run (new data dir).
 
-    python benchmarks/ingest.py [--repeat 3] [--skip-synthetic] [--processes 1 2]
+    python benchmarks/ingest.py [--repeat 3] [--datasets real synthetic] [--processes 1 2]
+                                [--associations 1 4] [--baseline DIR]
 
 storescp writes without fsync; ctnode runs with its defaults (fsync on). TCP_NODELAY=1 is set
 for both DCMTK tools: Debian's DCMTK 3.6.7 leaves Nagle's algorithm on otherwise.
+
+What each run received stays on disk until the benchmark ends, and the page cache is
+written back (``os.sync``) between runs: on ext4 without a journal an inode freed less
+than a minute ago is not reused, and every file creation scans past such inodes, so
+deleting one run's hundreds of files made each file creation of the next run cost about
+1 ms of CPU (measured in ``ctnode serve``: 1.15 ms against 0.13-0.22 ms). A receiving node
+does not delete as it receives; neither does the benchmark now.
 """
 
 from __future__ import annotations
@@ -29,7 +39,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import TESTDATA, children, peak_rss_mb, synthetic_series  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    TESTDATA,
+    children,
+    peak_rss_mb,
+    process_tree,
+    synthetic_series,
+)
 from tests.node_process import free_port, wait_for_port  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -39,6 +55,19 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 class Result:
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of ``pids`` so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> float:
@@ -61,8 +90,7 @@ def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> 
 
 
 def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Result:
-    out = workdir / "storescp"
-    out.mkdir()
+    out = Path(tempfile.mkdtemp(prefix="storescp-", dir=workdir))
     port = free_port()
     proc = subprocess.Popen(
         ["storescp", "+xa", "-od", str(out), str(port)],
@@ -72,7 +100,9 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
     )
     try:
         wait_for_port(port, timeout=30.0)
+        cpu = cpu_seconds([proc.pid])
         seconds = push(files, port, "STORESCP", associations)
+        cpu = cpu_seconds([proc.pid]) - cpu
         rss = peak_rss_mb([proc.pid])
     finally:
         proc.terminate()
@@ -80,16 +110,18 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
     received = sum(1 for _ in out.iterdir())
     if received != len(files):
         raise RuntimeError(f"storescp stored {received} of {len(files)} files")
-    shutil.rmtree(out)
-    return Result(seconds, rss)
+    os.sync()
+    return Result(seconds, rss, cpu)
 
 
-def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processes: int) -> Result:
-    data = workdir / "ctnode"
+def run_ctnode(
+    files: Sequence[Path], associations: int, workdir: Path, processes: int, tree: Path = REPO
+) -> Result:
+    data = Path(tempfile.mkdtemp(prefix="ctnode-", dir=workdir))
     port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(tree),
         "CTNODE_SCP__PORT": str(port),
         "CTNODE_SCP__HOST": "127.0.0.1",
         "CTNODE_SCP__PROCESSES": str(processes),
@@ -100,13 +132,16 @@ def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processe
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "node", "serve"],
+        cwd=tree,  # ``-m`` puts the working directory first on the path
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
         wait_for_port(port, timeout=30.0)
+        cpu = cpu_seconds(process_tree(proc.pid))
         seconds = push(files, port, "CTNODE", associations)
+        cpu = cpu_seconds(process_tree(proc.pid)) - cpu
         rss = peak_rss_mb([proc.pid, *children(proc.pid)])
     finally:
         proc.terminate()
@@ -116,14 +151,21 @@ def run_ctnode(files: Sequence[Path], associations: int, workdir: Path, processe
         raise RuntimeError(
             f"ctnode stored {stored} of {len(files)} files: {err.decode(errors='replace')[-800:]}"
         )
-    shutil.rmtree(data)
-    return Result(seconds, rss)
+    os.sync()
+    return Result(seconds, rss, cpu)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median shown)")
-    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=["real", "synthetic"],
+        default=["real", "synthetic"],
+        help="which datasets to push",
+    )
+    parser.add_argument("--skip-synthetic", action="store_true", help="same as --datasets real")
     parser.add_argument(
         "--processes",
         type=int,
@@ -132,6 +174,12 @@ def main() -> int:
         help="ctnode receiving-process counts to compare",
     )
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the ctnode of this source tree (e.g. `git archive REV | tar -x -C DIR`)",
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -140,31 +188,37 @@ def main() -> int:
 
     datasets: dict[str, list[Path]] = {}
     real = [TESTDATA / "chest-ct-100-lung", TESTDATA / "chest-ct-248-pneumonia-jpegll"]
-    if all(p.is_dir() for p in real):
+    if "real" in args.datasets and all(p.is_dir() for p in real):
         datasets["2 real chest CTs"] = sorted(f for d in real for f in d.glob("*.dcm"))
-    else:
+    elif "real" in args.datasets:
         print("real test data absent: skipping the real chest CTs", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="ctnode-bench-") as tmp:
         workdir = Path(tmp)
-        if not args.skip_synthetic:
+        if "synthetic" in args.datasets and not args.skip_synthetic:
             datasets["synthetic 500x512x512"] = synthetic_series(workdir / "synthetic")
         rows = []
         for name, files in datasets.items():
             megabytes = sum(f.stat().st_size for f in files) / 1e6
             for associations in args.associations:
+                trees = {"ctnode": REPO}
+                if args.baseline is not None:
+                    trees["ctnode (baseline)"] = args.baseline.resolve()
                 receivers: dict[str, list[Result]] = {"storescp": []}
-                for processes in args.processes:
-                    receivers[f"ctnode p={processes}"] = []
+                for label in trees:
+                    for processes in args.processes:
+                        receivers[f"{label} p={processes}"] = []
                 for _ in range(args.repeat):
                     receivers["storescp"].append(run_storescp(files, associations, workdir))
-                    for processes in args.processes:
-                        receivers[f"ctnode p={processes}"].append(
-                            run_ctnode(files, associations, workdir, processes)
-                        )
+                    for label, tree in trees.items():
+                        for processes in args.processes:
+                            receivers[f"{label} p={processes}"].append(
+                                run_ctnode(files, associations, workdir, processes, tree)
+                            )
                 reference = statistics.median(r.seconds for r in receivers["storescp"])
                 for receiver, results in receivers.items():
                     seconds = statistics.median(r.seconds for r in results)
                     rss = max(r.peak_rss_mb for r in results)
+                    cpu = statistics.median(r.cpu_seconds for r in results)
                     rows.append(
                         (
                             name,
@@ -173,6 +227,7 @@ def main() -> int:
                             receiver,
                             len(files) / seconds,
                             megabytes / seconds,
+                            1000 * cpu / len(files),
                             rss,
                             reference / seconds,
                         )
@@ -186,6 +241,7 @@ def main() -> int:
         "receiver",
         "inst/s",
         "MB/s",
+        "CPU ms/inst",
         "peak RSS MB",
         "vs storescp",
     )
@@ -197,10 +253,10 @@ def main() -> int:
 
 
 def _row(row: tuple[object, ...]) -> str:
-    name, files, assocs, receiver, ips, mbs, rss, ratio = row
+    name, files, assocs, receiver, ips, mbs, cpu, rss, ratio = row
     return (
-        f"| {name} | {files} | {assocs} | {receiver} | {ips:.0f} | {mbs:.0f} | {rss:.0f} | "
-        f"{ratio:.2f} |"
+        f"| {name} | {files} | {assocs} | {receiver} | {ips:.0f} | {mbs:.0f} | {cpu:.2f} | "
+        f"{rss:.0f} | {ratio:.2f} |"
     )
 
 

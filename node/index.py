@@ -3,27 +3,48 @@ instances, the analysis job queue, and refused instances.
 
 Writes from many association threads share one connection behind a lock; every write is one
 transaction, committed with ``synchronous=FULL`` so an acknowledged instance's row survives
-power loss like its file does. Other processes (``ctnode status``) read concurrently.
+power loss like its file does (the SCP's group commit puts the instances of concurrent
+associations in one such transaction). Other processes (``ctnode status``) read concurrently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import sqlite_utils
-from pydicom.dataset import Dataset
-
+from scp.header import HeaderValues
 from scp.sink import ReceivedInstance, Refusal, StoredCopy
+
+
+def _import_sqlite_utils() -> ModuleType:
+    """sqlite-utils without pandas. sqlite-utils imports pandas (and pyarrow with it)
+    whenever it is installed, only to type pandas values a caller might insert; the index
+    never inserts any, and the training extra installs pandas: every serving process
+    carried ~95 MB and 0.5 s of start-up for it. A process that already uses pandas keeps
+    sqlite-utils' pandas support."""
+    if "pandas" in sys.modules or "sqlite_utils" in sys.modules:
+        return importlib.import_module("sqlite_utils")
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # import pandas -> ImportError
+    try:
+        return importlib.import_module("sqlite_utils")
+    finally:
+        del sys.modules["pandas"]
+
+
+sqlite_utils = _import_sqlite_utils()
+
 
 DB_NAME = "index.sqlite"
 
@@ -71,13 +92,22 @@ class Index:
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self._reader, self._reader_lock = conn, self._lock
         if not read_only:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._create_schema()
+            # The SCP's duplicate check reads here: in WAL mode it sees every committed row
+            # without waiting for the write connection's lock (held through each commit).
+            self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
+            self._reader.execute("PRAGMA busy_timeout = 10000")
+            self._reader_lock = threading.RLock()
 
     def close(self) -> None:
+        if self._reader is not self.conn:
+            self._reader.close()
         self.conn.close()
 
     @contextmanager
@@ -246,8 +276,8 @@ class Index:
     # -- the SCP's sink -------------------------------------------------------------------
 
     def stored_copy(self, sop_instance_uid: str) -> StoredCopy | None:
-        with self._lock:
-            row = self.conn.execute(
+        with self._reader_lock:
+            row = self._reader.execute(
                 "SELECT sha256, path FROM instances WHERE sop_instance_uid = ?",
                 (sop_instance_uid,),
             ).fetchone()
@@ -255,92 +285,15 @@ class Index:
 
     def record(self, instance: ReceivedInstance) -> None:
         """Index a stored instance and mark its series as changed, in one transaction."""
-        ds = instance.header
-        ident = instance.identity
+        self.record_many([instance])
+
+    def record_many(self, instances: Sequence[ReceivedInstance]) -> None:
+        """Index stored instances in one transaction: the SCP's group commit
+        (``scp.group_commit``) pays one ``synchronous=FULL`` commit for all of them."""
         now, epoch = utc_now(), time.time()
-        patient_key = _patient_key(ds)
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO patients (patient_key, patient_id, patient_name, birth_date, sex) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET "
-                "patient_name = excluded.patient_name, birth_date = excluded.birth_date, "
-                "sex = excluded.sex",
-                (
-                    patient_key,
-                    _text(ds, "PatientID"),
-                    _text(ds, "PatientName"),
-                    _text(ds, "PatientBirthDate"),
-                    _text(ds, "PatientSex"),
-                ),
-            )
-            conn.execute(
-                "INSERT INTO studies (study_uid, patient_key, study_date, study_time, "
-                "accession_number, description, first_received) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(study_uid) DO NOTHING",
-                (
-                    ident.study_uid,
-                    patient_key,
-                    _text(ds, "StudyDate"),
-                    _text(ds, "StudyTime"),
-                    _text(ds, "AccessionNumber"),
-                    _text(ds, "StudyDescription"),
-                    now,
-                ),
-            )
-            conn.execute(
-                "INSERT INTO series (series_uid, study_uid, modality, series_number, "
-                "description, body_part, state, reason, revision, instance_count, "
-                "first_received, last_received, last_received_epoch, state_changed) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'RECEIVING', '', 0, 0, ?, ?, ?, ?) "
-                "ON CONFLICT(series_uid) DO NOTHING",
-                (
-                    ident.series_uid,
-                    ident.study_uid,
-                    _text(ds, "Modality"),
-                    _int(ds, "SeriesNumber"),
-                    _text(ds, "SeriesDescription"),
-                    _text(ds, "BodyPartExamined"),
-                    now,
-                    now,
-                    epoch,
-                    now,
-                ),
-            )
-            is_new = instance.replaces is None
-            conn.execute(
-                "INSERT OR REPLACE INTO instances VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ident.sop_instance_uid,
-                    ident.series_uid,
-                    ident.sop_class_uid,
-                    instance.transfer_syntax,
-                    _text(ds, "Modality"),
-                    _multi(ds, "ImageType"),
-                    _multi(ds, "ConvolutionKernel"),
-                    _float(ds, "SliceThickness"),
-                    _multi(ds, "ImagePositionPatient"),
-                    _multi(ds, "ImageOrientationPatient"),
-                    _multi(ds, "PixelSpacing"),
-                    _int(ds, "Rows"),
-                    _int(ds, "Columns"),
-                    _int(ds, "NumberOfFrames") or 1,
-                    _int(ds, "InstanceNumber"),
-                    instance.relative_path,
-                    instance.sha256,
-                    instance.size,
-                    now,
-                    instance.calling_ae,
-                ),
-            )
-            conn.execute(
-                "UPDATE series SET revision = revision + 1, "
-                "instance_count = instance_count + ?, last_received = ?, "
-                "last_received_epoch = ?, "
-                "state_changed = CASE WHEN state = 'RECEIVING' THEN state_changed ELSE ? END, "
-                "state = 'RECEIVING', reason = '' WHERE series_uid = ?",
-                (1 if is_new else 0, now, epoch, now, ident.series_uid),
-            )
+            for instance in instances:
+                _insert(conn, instance, now, epoch)
 
     def refused(self, refusal: Refusal) -> None:
         with self.transaction() as conn:
@@ -459,18 +412,106 @@ class Index:
             return [dict(row) for row in self.conn.execute(sql, params).fetchall()]
 
 
-def _patient_key(ds: Dataset) -> str:
+def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoch: float) -> None:
+    """The rows of one stored instance; its series counts as changed."""
+    ds = instance.header
+    ident = instance.identity
+    patient_key = _patient_key(ds)
+    conn.execute(
+        "INSERT INTO patients (patient_key, patient_id, patient_name, birth_date, sex) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET "
+        "patient_name = excluded.patient_name, birth_date = excluded.birth_date, "
+        "sex = excluded.sex",
+        (
+            patient_key,
+            _text(ds, "PatientID"),
+            _text(ds, "PatientName"),
+            _text(ds, "PatientBirthDate"),
+            _text(ds, "PatientSex"),
+        ),
+    )
+    conn.execute(
+        "INSERT INTO studies (study_uid, patient_key, study_date, study_time, "
+        "accession_number, description, first_received) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(study_uid) DO NOTHING",
+        (
+            ident.study_uid,
+            patient_key,
+            _text(ds, "StudyDate"),
+            _text(ds, "StudyTime"),
+            _text(ds, "AccessionNumber"),
+            _text(ds, "StudyDescription"),
+            now,
+        ),
+    )
+    conn.execute(
+        "INSERT INTO series (series_uid, study_uid, modality, series_number, "
+        "description, body_part, state, reason, revision, instance_count, "
+        "first_received, last_received, last_received_epoch, state_changed) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'RECEIVING', '', 0, 0, ?, ?, ?, ?) "
+        "ON CONFLICT(series_uid) DO NOTHING",
+        (
+            ident.series_uid,
+            ident.study_uid,
+            _text(ds, "Modality"),
+            _int(ds, "SeriesNumber"),
+            _text(ds, "SeriesDescription"),
+            _text(ds, "BodyPartExamined"),
+            now,
+            now,
+            epoch,
+            now,
+        ),
+    )
+    is_new = instance.replaces is None
+    conn.execute(
+        "INSERT OR REPLACE INTO instances VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            ident.sop_instance_uid,
+            ident.series_uid,
+            ident.sop_class_uid,
+            instance.transfer_syntax,
+            _text(ds, "Modality"),
+            _multi(ds, "ImageType"),
+            _multi(ds, "ConvolutionKernel"),
+            _float(ds, "SliceThickness"),
+            _multi(ds, "ImagePositionPatient"),
+            _multi(ds, "ImageOrientationPatient"),
+            _multi(ds, "PixelSpacing"),
+            _int(ds, "Rows"),
+            _int(ds, "Columns"),
+            _int(ds, "NumberOfFrames") or 1,
+            _int(ds, "InstanceNumber"),
+            instance.relative_path,
+            instance.sha256,
+            instance.size,
+            now,
+            instance.calling_ae,
+        ),
+    )
+    conn.execute(
+        "UPDATE series SET revision = revision + 1, "
+        "instance_count = instance_count + ?, last_received = ?, "
+        "last_received_epoch = ?, "
+        "state_changed = CASE WHEN state = 'RECEIVING' THEN state_changed ELSE ? END, "
+        "state = 'RECEIVING', reason = '' WHERE series_uid = ?",
+        (1 if is_new else 0, now, epoch, now, ident.series_uid),
+    )
+
+
+def _patient_key(ds: HeaderValues) -> str:
     """Patients are keyed by a hash of ID and issuer, so the key itself carries no PHI."""
     raw = f"{_text(ds, 'PatientID')}\\{_text(ds, 'IssuerOfPatientID')}"
     return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: HeaderValues, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value)
 
 
-def _multi(ds: Dataset, keyword: str) -> str:
+def _multi(ds: HeaderValues, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -482,7 +523,7 @@ def _multi(ds: Dataset, keyword: str) -> str:
         return str(value)
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
+def _float(ds: HeaderValues, keyword: str) -> float | None:
     try:
         value = ds.get(keyword)
         return None if value in (None, "") else float(value)
@@ -490,7 +531,7 @@ def _float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: HeaderValues, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return None if value in (None, "") else int(value)

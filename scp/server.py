@@ -3,9 +3,11 @@
 Each association runs in its own thread over the upper layer in ``scp.upper_layer``. A
 received data set streams straight into a temp file in the spool's ``tmp/`` behind a File
 Meta header the node writes, so a 500 MB multi-frame never sits in memory and the bytes on
-disk are the bytes that came over the wire. ``_store`` then checks the instance, moves that
+disk are the bytes that came over the wire. ``store`` then checks the instance, moves that
 very file into ``store/`` (fsync, rename, fsync directory), lets the injected sink commit its
-index row, and only then is Success sent.
+index row, and only then is Success sent. The directory fsync and the index commit are
+shared by the instances of concurrent associations waiting at the same moment
+(``scp.group_commit``).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag, Tag
 
 from config import SCPSettings
+from scp import header
 from scp import upper_layer as ul
+from scp.group_commit import CommitFailed, GroupCommit
+from scp.header import HeaderValues
 from scp.policy import AssociationPolicy
 from scp.sink import InstanceSink, ReceivedInstance, Refusal
 from scp.sop_classes import (
@@ -57,17 +63,8 @@ _HASH_CHUNK = 1 << 20
 _MAX_CONTROL_PDU = 1 << 20
 _STOP_GRACE = 10.0
 
-# The attributes validation and the index use: parsing only these is a third of the cost
-# of parsing a whole CT header.
-HEADER_TAGS: list[str] = [
-    "SpecificCharacterSet", "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate",
-    "StudyTime", "AccessionNumber", "Modality", "StudyDescription", "SeriesDescription",
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "BodyPartExamined", "SliceThickness", "ConvolutionKernel", "StudyInstanceUID",
-    "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "ImagePositionPatient",
-    "ImageOrientationPatient", "FrameOfReferenceUID", "NumberOfFrames", "Rows", "Columns",
-    "PixelSpacing",
-]  # fmt: skip
+# As tag numbers: dcmread otherwise looks every keyword up again for every instance.
+_HEADER_TAG_NUMBERS: list[BaseTag] = [Tag(keyword) for keyword in header.HEADER_TAGS]
 
 
 @dataclass(frozen=True)
@@ -93,6 +90,7 @@ class StorageSCP:
         self.supported: dict[str, tuple[str, ...]] = {uid: TRANSFER_SYNTAXES for uid in storage}
         self.supported[VERIFICATION] = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
         self._locks = [threading.Lock() for _ in range(64)]
+        self._group_commit = GroupCommit(spool, sink)
         self._slots = threading.BoundedSemaphore(max(1, settings.max_associations))
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
@@ -281,25 +279,10 @@ class StorageSCP:
         )
         if rejection:
             return self._refuse(rejection, sop_class, sop_instance, calling, cid)
-        try:
-            header = dcmread(temp, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            identity = check_identity(header, sop_class, sop_instance)
-            meta_end = 144 + int(header.file_meta.FileMetaInformationGroupLength)
-        except (
-            InvalidDicomError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            AttributeError,
-            OSError,
-        ) as exc:
-            rejection = Rejection(
-                CANNOT_UNDERSTAND, "undecodable", f"data set cannot be parsed: {type(exc).__name__}"
-            )
-            return self._refuse(rejection, sop_class, sop_instance, calling, cid)
-        if isinstance(identity, Rejection):
-            return self._refuse(identity, sop_class, sop_instance, calling, cid)
+        outcome = _parse_header(temp, sop_class, sop_instance, transfer_syntax)
+        if isinstance(outcome, Rejection):
+            return self._refuse(outcome, sop_class, sop_instance, calling, cid)
+        values, identity, meta_end = outcome
         if has_leading_zero(sop_instance):
             log.warning(
                 "SOP Instance UID %s has a component with a leading zero (PS3.5 9.1)",
@@ -308,13 +291,13 @@ class StorageSCP:
             )
         sha256 = sha256 or _sha256_from(temp, meta_end)
         with self._locks[int(name_hash(sop_instance)[:8], 16) % len(self._locks)]:
-            return self._commit(temp, identity, header, sha256, size, calling, transfer_syntax, cid)
+            return self._commit(temp, identity, values, sha256, size, calling, transfer_syntax, cid)
 
     def _commit(
         self,
         temp: Path,
         identity: Identity,
-        header: Any,
+        values: HeaderValues,
         sha256: str,
         size: int,
         calling: str,
@@ -333,22 +316,25 @@ class StorageSCP:
             identity.study_uid, identity.series_uid, identity.sop_instance_uid, sha256
         )
         try:
-            self.spool.place(temp, relative)
+            self.spool.sync_file(temp)
+            final = self.spool.move_in(temp, relative)
         except OSError as exc:
             rejection = Rejection(OUT_OF_RESOURCES, "spool_write_failed", exc.strerror or str(exc))
             return self._refuse(
                 rejection, identity.sop_class_uid, identity.sop_instance_uid, calling, cid
             )
         received = ReceivedInstance(
-            identity, header, relative, sha256, size, transfer_syntax, calling, previous
+            identity, values, relative, sha256, size, transfer_syntax, calling, previous
         )
         try:
-            self.sink.record(received)
-        except Exception:
-            log.exception(
-                "indexing instance %s failed",
+            self._group_commit.commit(received, final.parent)
+        except CommitFailed as exc:
+            log.error(
+                "making instance %s durable failed: %s",
                 uid_hash(identity.sop_instance_uid),
+                exc,
                 extra={"cid": cid},
+                exc_info=exc.__cause__,
             )
             self.spool.remove(relative)
             return OUT_OF_RESOURCES
@@ -359,12 +345,13 @@ class StorageSCP:
                 uid_hash(identity.sop_instance_uid),
                 extra={"cid": cid},
             )
-        log.debug(
-            "stored instance %s of series %s",
-            uid_hash(identity.sop_instance_uid),
-            uid_hash(identity.series_uid),
-            extra={"cid": cid},
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the hashes cost more than the rest of the line
+            log.debug(
+                "stored instance %s of series %s",
+                uid_hash(identity.sop_instance_uid),
+                uid_hash(identity.series_uid),
+                extra={"cid": cid},
+            )
         return SUCCESS
 
     def _refuse(
@@ -412,6 +399,7 @@ class Session:
         self.context: ul.ContextResult | None = None
         self.file: BinaryIO | None = None
         self.temp: Path | None = None
+        self.written = 0
         self.digest = hashlib.sha256()
 
     def run(self) -> None:
@@ -458,7 +446,9 @@ class Session:
             else:
                 if self.file is None:
                     raise ul.ProtocolError("data set fragment without a C-STORE command")
-                self.file.write(fragment)
+                written = self.file.write(fragment) or 0
+                self.scp.spool.start_writeback(self.file.fileno(), self.written, written)
+                self.written += written
                 self.digest.update(fragment)
                 if control & 0x02:
                     self._data_set_complete()
@@ -480,13 +470,16 @@ class Session:
             self.temp = Path(name)
             self.file = open(fd, "wb", buffering=0)  # noqa: SIM115 (closed when complete)
             self.digest = hashlib.sha256()
-            self.file.write(
-                ul.file_meta(
-                    command.affected_sop_class,
-                    command.affected_sop_instance,
-                    context.transfer_syntax,
-                    self.request.calling_ae,
+            self.written = (
+                self.file.write(
+                    ul.file_meta(
+                        command.affected_sop_class,
+                        command.affected_sop_instance,
+                        context.transfer_syntax,
+                        self.request.calling_ae,
+                    )
                 )
+                or 0
             )
         else:
             raise ul.ProtocolError(f"unsupported DIMSE command {command.command_field:#06x}")
@@ -505,6 +498,7 @@ class Session:
                 self.request.calling_ae,
                 self.context.transfer_syntax,
                 self.cid,
+                self.digest.hexdigest(),
             )
         finally:
             temp.unlink(missing_ok=True)
@@ -522,6 +516,39 @@ class Session:
                 "connection closed mid-transfer: partial instance discarded",
                 extra={"cid": self.cid},
             )
+
+
+def _parse_header(
+    temp: Path, sop_class: str, sop_instance: str, transfer_syntax: str
+) -> tuple[HeaderValues, Identity, int] | Rejection:
+    """The attributes validation and the index need, checked against the command; the
+    values, the identity and where the data set starts, or why it cannot be stored.
+    ``scp.header`` reads them unless it cannot, or finds a reason to refuse: pydicom, which
+    reads more kinds of damaged data sets, then has the last word."""
+    fast = header.read(temp, transfer_syntax)
+    if fast is not None:
+        identity = check_identity(fast, sop_class, sop_instance)
+        if not isinstance(identity, Rejection):
+            return fast, identity, fast.meta_end
+    try:
+        dataset = dcmread(temp, stop_before_pixels=True, specific_tags=_HEADER_TAG_NUMBERS)
+        identity = check_identity(dataset, sop_class, sop_instance)
+        meta_end = 144 + int(dataset.file_meta.FileMetaInformationGroupLength)
+    except (
+        InvalidDicomError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        AttributeError,
+        OSError,
+    ) as exc:
+        return Rejection(
+            CANNOT_UNDERSTAND, "undecodable", f"data set cannot be parsed: {type(exc).__name__}"
+        )
+    if isinstance(identity, Rejection):
+        return identity
+    return dataset, identity, meta_end
 
 
 def _read_pdu(conn: socket.socket, buffer: bytearray, limit: int) -> tuple[int, memoryview]:

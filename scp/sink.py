@@ -3,11 +3,11 @@ the network edge knows nothing of the database (DESIGN.md, layers)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydicom.dataset import Dataset
-
+from scp.header import HeaderValues
 from scp.validation import Identity
 
 
@@ -24,7 +24,7 @@ class ReceivedInstance:
     """A durable, validated instance: its file is in place when the sink sees it."""
 
     identity: Identity
-    header: Dataset
+    header: HeaderValues  # a pydicom Dataset or an scp.header.Header
     relative_path: str
     sha256: str
     size: int
@@ -51,6 +51,11 @@ class InstanceSink(Protocol):
 
     def record(self, instance: ReceivedInstance) -> None:
         """Index ``instance`` durably (committed when this returns) or raise."""
+        ...
+
+    def record_many(self, instances: Sequence[ReceivedInstance]) -> None:
+        """Index all of ``instances`` in one transaction (committed when this returns), or
+        none of them and raise."""
         ...
 
     def refused(self, refusal: Refusal) -> None:

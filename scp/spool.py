@@ -12,9 +12,12 @@ instance gets a new name, replacing it never overwrites the copy the index still
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from scp.uids import name_hash
@@ -45,18 +48,41 @@ class Spool:
 
     def place(self, temp: Path, relative: str) -> Path:
         """Move a complete temp file to ``store/relative`` durably; returns the final path."""
-        final = self.store_dir / relative
+        self.sync_file(temp)
+        final = self.move_in(temp, relative)
+        self.sync_directory(final.parent)
+        return final
+
+    def sync_file(self, path: Path) -> None:
+        """The first step of ``place``: the file's bytes reach the disk."""
         if self.fsync:
-            fd = os.open(temp, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start writing bytes just appended to a file being received, so that its
+        ``sync_file`` later finds less to wait for (Linux ``sync_file_range`` with
+        SYNC_FILE_RANGE_WRITE: it only starts the writes, it guarantees nothing; the fsync
+        still does). Elsewhere, and with fsync off, it does nothing."""
+        if self.fsync and _sync_file_range is not None:
+            _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    def move_in(self, temp: Path, relative: str) -> Path:
+        """The middle step of ``place``: rename a temp file, already synced with
+        ``sync_file``, to ``store/relative``. Durable only once ``sync_directory`` of its
+        folder has returned; ``scp.group_commit`` does that once for several instances."""
+        final = self.store_dir / relative
         self._make_dirs(final.parent)
         os.replace(temp, final)
-        if self.fsync:
-            _fsync_dir(final.parent)
         return final
+
+    def sync_directory(self, folder: Path) -> None:
+        """The last step of ``place``: the renames into ``folder`` reach the disk."""
+        if self.fsync:
+            _fsync_dir(folder)
 
     def write_atomic(self, relative: str, chunks: Iterable[bytes]) -> Path:
         """Write ``chunks`` to ``store/relative`` via a temp file; readers never see a part."""
@@ -100,6 +126,23 @@ class Spool:
             created.mkdir(exist_ok=True)
             if self.fsync:
                 _fsync_dir(created.parent)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        function.restype = ctypes.c_int
+        return function
+    return None
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 def _fsync_dir(folder: Path) -> None:

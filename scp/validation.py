@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
-
+from scp.header import HeaderValues
 from scp.uids import uid_problem
 
 # PS3.4 B.2.3 / PS3.7 C: the statuses the storage SCP uses.
@@ -39,7 +38,7 @@ class Identity:
 
 
 def check_identity(
-    dataset: Dataset, command_sop_class: str, command_sop_instance: str
+    dataset: HeaderValues, command_sop_class: str, command_sop_instance: str
 ) -> Identity | Rejection:
     """The instance's identity, or why it cannot be stored (PS3.4 B.2.3).
 
@@ -108,7 +107,7 @@ def check_free_space(free: int, watermark: int) -> Rejection | None:
     return None
 
 
-def _text(dataset: Dataset, keyword: str) -> str | None:
+def _text(dataset: HeaderValues, keyword: str) -> str | None:
     value = dataset.get(keyword)
     if value is None:
         return None

@@ -7,11 +7,13 @@ Each receipt check is asserted twice: the DICOM status the SCU gets, and the sid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -448,11 +450,13 @@ def test_every_transfer_syntax_is_stored_byte_exact(
         assert assoc.send_c_store(path).Status == 0, path.name
         assoc.release()
         row = node.index.query(
-            "SELECT path, transfer_syntax FROM instances WHERE sop_instance_uid = ?",
+            "SELECT path, transfer_syntax, sha256 FROM instances WHERE sop_instance_uid = ?",
             (str(meta.MediaStorageSOPInstanceUID),),
         )[0]
         assert row["transfer_syntax"] == meta.TransferSyntaxUID
-        assert _after_meta(node.spool.path(row["path"])) == _after_meta(path), path.name
+        stored = _after_meta(node.spool.path(row["path"]))
+        assert stored == _after_meta(path), path.name
+        assert row["sha256"] == hashlib.sha256(stored).hexdigest(), path.name
         seen.add(str(meta.TransferSyntaxUID))
     assert len(seen) >= 15
 
@@ -480,3 +484,79 @@ def test_stalled_message_is_aborted_after_the_dimse_timeout(start_node: Any) -> 
     while temp_files(node) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert temp_files(node) == [] and stored_files(node) == []
+
+
+def _send_concurrently(node: Node, groups: list[list[Dataset]]) -> list[list[int]]:
+    """One association per group, all established before any sends, then sending at once."""
+    barrier = threading.Barrier(len(groups))
+    statuses: list[list[int]] = [[] for _ in groups]
+
+    def send(k: int) -> None:
+        assoc = associate(node, calling=f"SCU{k}")
+        assert assoc.is_established
+        barrier.wait(10)
+        statuses[k] = [int(assoc.send_c_store(ds).Status) for ds in groups[k]]
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(len(groups))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return statuses
+
+
+def _slow_commits(node: Node, monkeypatch: pytest.MonkeyPatch, pause: float) -> list[int]:
+    """Pause the node's index before each group commit (so concurrent instances pile up
+    behind it); the sizes of the transactions it then commits."""
+    sizes: list[int] = []
+    record_many = node.index.record_many
+
+    def slowed(instances: Any) -> None:
+        time.sleep(pause)
+        sizes.append(len(instances))
+        record_many(instances)
+
+    monkeypatch.setattr(node.index, "record_many", slowed)
+    return sizes
+
+
+def test_concurrent_associations_share_commits_and_all_succeed(
+    start_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node()
+    sizes = _slow_commits(node, monkeypatch, 0.05)
+    series = ct_series(24, 16, 16, seed="concurrent")
+    statuses = _send_concurrently(node, [series[k::4] for k in range(4)])
+    assert statuses == [[0] * 6] * 4
+    assert sum(sizes) == 24 and max(sizes) > 1  # some transactions held several instances
+    files = stored_files(node)
+    assert len(files) == 24 and temp_files(node) == []
+    rows = node.index.query("SELECT path, sha256 FROM instances")
+    assert len(rows) == 24
+    for row in rows:
+        data = _after_meta(node.spool.path(row["path"]))
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+    assert node.index.query("SELECT instance_count, revision FROM series") == [
+        {"instance_count": 24, "revision": 24}
+    ]
+
+
+def test_failed_shared_commit_answers_out_of_resources_to_each_and_stores_nothing(
+    start_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node()
+    sizes = _slow_commits(node, monkeypatch, 0.2)
+    node.index.conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON instances BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    series = ct_series(3, 16, 16, seed="shared failure")
+    statuses = _send_concurrently(node, [[ds] for ds in series])
+    assert statuses == [[0xA700]] * 3
+    assert max(sizes) > 1  # the failure hit a transaction shared by several associations
+    assert stored_files(node) == [] and temp_files(node) == []
+    for table in ("instances", "series", "studies", "patients"):
+        assert node.index.query(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"] == 0, table
+    node.index.conn.execute("DROP TRIGGER refuse")
+    assert _send_concurrently(node, [[ds] for ds in series]) == [[0]] * 3
+    assert len(stored_files(node)) == 3

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from scp.sink import ReceivedInstance, StoredCopy
 from scp.spool import Spool
 from scp.validation import Identity
 from tests.factory import ct_series
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_paths_are_hashes_only(tmp_path: Path) -> None:
@@ -135,3 +139,37 @@ def test_recovery_removes_temp_and_orphans_and_forgets_missing(tmp_path: Path) -
     assert sorted(spool.stored()) == ["s/0.dcm"]
     series = index.query("SELECT state, instance_count FROM series")[0]
     assert series == {"state": "RECEIVING", "instance_count": 1}
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_writeback_started_while_receiving_changes_nothing_but_timing(
+    tmp_path: Path, fsync: bool
+) -> None:
+    spool = Spool(tmp_path, fsync=fsync)
+    temp = spool.tmp_dir / "incoming"
+    with open(temp, "wb", buffering=0) as fh:
+        offset = 0
+        for chunk in (b"a" * 70000, b"b" * 3, b"c" * 131072):
+            written = fh.write(chunk) or 0
+            spool.start_writeback(fh.fileno(), offset, written)
+            offset += written
+    final = spool.place(temp, "x/y.dcm")
+    assert final.read_bytes() == b"a" * 70000 + b"b" * 3 + b"c" * 131072
+
+
+def test_the_index_does_not_load_pandas_into_the_node(tmp_path: Path) -> None:
+    """sqlite-utils would import pandas and pyarrow (~95 MB in every serving process)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from node.index import Index\n"
+        f"Index(Path({str(tmp_path)!r})).close()\n"
+        "assert 'pandas' not in sys.modules and 'pyarrow' not in sys.modules\n"
+        "import pandas\n"
+        "print(pandas.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "pandas"
