@@ -147,9 +147,9 @@ def main() -> int:
             times.setdefault("forward bf16 autocast", []).append(secs)
             worst_dp = max(worst_dp, float((p16 - p32).abs().max()))
         t0 = time.perf_counter()
-        scorer.autocast_bf16 = device.type == "cuda"  # the node's default on this device
-        scorer.analyze(volume)
-        times.setdefault("preprocess + forward (node default)", []).append(time.perf_counter() - t0)
+        scorer.autocast_bf16 = False  # the node's default
+        scorer.probabilities_from_input(preprocess(volume, device=device))
+        times.setdefault("preprocess + forward fp32", []).append(time.perf_counter() - t0)
         if args.before:
             with first_written():
                 secs, p_before = _timed(scorer, x, bf16=False)

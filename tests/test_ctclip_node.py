@@ -335,7 +335,8 @@ def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) 
     with torch.no_grad():
         image = model.image_latents(x[None])
         cpu = model.logits(latents, image)[:, 0].reshape(18, 2).softmax(-1)[:, 0]
-    on_gpu = load(store, entry, _settings(store).neural)
+    settings = dataclasses.replace(_settings(store).neural, bf16_autocast=True)
+    on_gpu = load(store, entry, settings)
     assert on_gpu.device.type == "cuda" and on_gpu.autocast_bf16
     gpu = on_gpu.probabilities_from_input(preprocess(volume, (40, 80, 80), on_gpu.device))
     assert float((gpu - cpu).abs().max()) < 1e-2
