@@ -172,6 +172,8 @@ def build(settings: Settings) -> Ensemble:
 def _share_encoders(analyzers: Sequence[NeuralAnalyzer]) -> None:
     """A ClassFine head on the very encoder the zero-shot model has (CT_LiPro trained on
     the frozen CT-CLIP) runs on that encoder's pass: one forward per volume, not two."""
+    if len(analyzers) < 2:
+        return  # nothing to share (and no reason to import torch)
     from inference.ctclip.scoring import CTCLIPScorer
 
     by_name = {a.name: a for a in analyzers if isinstance(a, CTCLIPScorer)}

@@ -4,6 +4,8 @@ written once per study and reproducibly."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from config import Settings
 from config.settings import WorkerSettings
 from node.pipeline import AnalysisPipeline
 from node.worker import AnalysisRequest
+from tests.conftest import REPO, subprocess_env
 from tests.factory import ct_series, write_series
 from tests.test_sr import dciodvfy
 
@@ -46,3 +49,22 @@ def test_not_analysed_page_when_configured(tmp_path: Path) -> None:
     assert ds.BurnedInAnnotation == "YES"
     assert np.asarray(ds.pixel_array).max() > 0  # the text is drawn
     assert dciodvfy(page.path) == []
+
+
+def test_a_node_without_neural_weights_never_imports_torch() -> None:
+    """torch costs ~180 MB per process and is an optional extra: only a registered neural
+    model may bring it in."""
+    code = (
+        "import sys; from config import Settings; from node.pipeline import AnalysisPipeline; "
+        "AnalysisPipeline(Settings()); print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=subprocess_env(CTNODE_NEURAL__WEIGHTS_DIR=str(REPO / "weights")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
