@@ -86,6 +86,8 @@ def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> CTCLIPScor
 
 
 def drop_unused(model: CTCLIP | ClassFine) -> None:
+    """Delete the modules scoring never runs (the prompt latents are cached; the rest are
+    for training), so they are neither resident nor copied to a GPU."""
     base = model.trained_model if isinstance(model, ClassFine) else model
     for name in (
         "text_transformer",

@@ -52,15 +52,14 @@ def to_result(
     analyzer: str,
     version: str,
     weights_sha256: tuple[str, ...] = (),
-    threshold: float = 0.5,
 ) -> AnalyzerResult:
     """Findings and features from the 18 probabilities (CT-RATE order). A finding is marked
-    present at ``threshold``; the scores are the model's, not calibrated at this site."""
+    present at 0.5; the scores are the model's, not calibrated at this site."""
     if len(probs) != len(CT_RATE_LABELS):
         raise ValueError(f"expected {len(CT_RATE_LABELS)} probabilities, got {len(probs)}")
     clipped = [min(1.0, max(0.0, float(p))) for p in probs]
     findings = tuple(
-        Finding(label, label_code(label), analyzer, score=p, present=p >= threshold)
+        Finding(label, label_code(label), analyzer, score=p, present=p >= 0.5)
         for label, p in zip(CT_RATE_LABELS, clipped, strict=True)
     )
     features = {
