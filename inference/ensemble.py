@@ -150,13 +150,14 @@ def build(settings: Settings) -> Ensemble:
     than stopping the node: the other analyzers still serve."""
     store = Path(settings.neural.weights_dir)
     states = analyzer_states(store, settings.fusion.model, settings.neural.models)
+    entries = chosen_entries(store, settings.neural.models)
     neural: list[NeuralAnalyzer] = []
     final: list[AnalyzerState] = []
     for state in states:
         if not state.enabled or state.name not in ctclip_results.ANALYZERS:
             final.append(state)
             continue
-        entry = chosen_entries(store, settings.neural.models)[state.name]
+        entry = entries[state.name]
         try:
             from inference.ctclip.analyzer import load
 

@@ -161,12 +161,20 @@ def import_file(store: Path, entry: ModelEntry, source: Path) -> Path:
     digest = sha256_file(source)
     if digest != entry.sha256:
         raise WeightsError("hash-mismatch", f"{source.name} sha256 {digest} != {entry.sha256}")
-    store.mkdir(parents=True, exist_ok=True)
-    target = store / entry.file
-    part = store / (entry.file + ".importing")
-    shutil.copyfile(source, part)
-    os.replace(part, target)
+    target = _copy_into(store, source, entry.file)
     cached_sha256(target)
+    return target
+
+
+def _copy_into(store: Path, source: Path, name: str) -> Path:
+    """``source`` as ``store/name``, copied beside it then renamed (never half a file);
+    nothing to do when it is that file already."""
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / name
+    if source.resolve() != target.resolve():
+        part = store / (name + ".importing")
+        shutil.copyfile(source, part)
+        os.replace(part, target)
     return target
 
 
@@ -254,23 +262,17 @@ def register(
     version: str = "1",
     licence: str = "",
     origin: str = "",
-    architecture: str = "",
-    vocab: str = "",
+    architecture: Path | None = None,
+    vocab: Path | None = None,
 ) -> ModelEntry:
-    """Copy a weights file a site obtained into the store and add it to the manifest with its
-    size and sha256: for checkpoints whose provider publishes no hash we can ship. The
-    ``architecture`` and ``vocab`` files, when named, must already be in the store."""
-    if not source.is_file():
-        raise WeightsError("no-file", f"{source} does not exist")
-    for key, value in (("architecture", architecture), ("vocab", vocab)):
-        if value and not (_plain_name(value) and (store / value).is_file()):
-            raise WeightsError("no-file", f"{key} {value!r} is not a file in {store}")
-    store.mkdir(parents=True, exist_ok=True)
-    target = store / source.name
-    if source.resolve() != target.resolve():
-        part = store / (source.name + ".importing")
-        shutil.copyfile(source, part)
-        os.replace(part, target)
+    """Copy a weights file a site obtained into the store, with its ``architecture`` JSON
+    and tokenizer ``vocab`` when given, and add it to the manifest with its size and sha256:
+    for checkpoints whose provider publishes no hash we can ship."""
+    for path in (source, architecture, vocab):
+        if path is not None and not path.is_file():
+            raise WeightsError("no-file", f"{path} does not exist")
+    side = [_copy_into(store, p, p.name).name if p else "" for p in (architecture, vocab)]
+    target = _copy_into(store, source, source.name)
     entry = ModelEntry(
         name,
         version,
@@ -280,8 +282,7 @@ def register(
         licence or "as obtained by this site; see the provider's terms",
         origin or "registered locally (ctnode weights register)",
         analyzer,
-        architecture,
-        vocab,
+        *side,
     )
     update_manifest(store / "manifest.toml", (entry,))
     return entry

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -90,20 +89,10 @@ def _check(settings: Settings) -> int:
 
 
 def _register(args: argparse.Namespace, store: Path) -> int:
-    """Copy the side files (architecture, vocab) beside the weights, then register the weights."""
+    """Register the file (and its architecture and vocab files) in ``store``."""
     from inference import weights
 
     try:
-        side = {}
-        for key in ("architecture", "vocab"):
-            path: Path | None = getattr(args, key)
-            if path is not None:
-                if not path.is_file():
-                    raise weights.WeightsError("no-file", f"{path} does not exist")
-                store.mkdir(parents=True, exist_ok=True)
-                if path.resolve() != (store / path.name).resolve():
-                    shutil.copyfile(path, store / path.name)
-                side[key] = path.name
         entry = weights.register(
             store,
             args.file,
@@ -112,7 +101,8 @@ def _register(args: argparse.Namespace, store: Path) -> int:
             version=args.version,
             licence=args.licence,
             origin=args.source,
-            **side,
+            architecture=args.architecture,
+            vocab=args.vocab,
         )
     except (weights.WeightsError, OSError) as exc:
         print(f"ctnode weights: {exc}", file=sys.stderr)

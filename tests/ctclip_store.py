@@ -77,7 +77,7 @@ def make_store(
     (linear probing) unless ``frozen_encoder`` is false."""
     store.mkdir(parents=True, exist_ok=True)
     (store / "tiny-ctclip.json").write_text(json.dumps(TINY), encoding="utf-8")
-    side = {"architecture": "tiny-ctclip.json"}
+    architecture = store / "tiny-ctclip.json"
     base = tiny_state(seed=1)
     if zero_shot:
         torch.save(base, store / "CT-CLIP_tiny.pt")
@@ -88,8 +88,8 @@ def make_store(
             store / "CT-CLIP_tiny.pt",
             name="tiny-ct-clip",
             analyzer="ctclip",
-            vocab="vocab.txt" if vocab else "",
-            **side,
+            architecture=architecture,
+            vocab=store / "vocab.txt" if vocab else None,
         )
     if supervised:
         gen = torch.Generator().manual_seed(7)
@@ -104,6 +104,6 @@ def make_store(
             store / "CT_LiPro_tiny.pt",
             name="tiny-ct-lipro",
             analyzer="ctclip-supervised",
-            **side,
+            architecture=architecture,
         )
     return store

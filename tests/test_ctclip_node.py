@@ -169,7 +169,7 @@ def test_weights_that_cannot_run_disable_their_analyzer_only(tmp_path: Path) -> 
         store / "CT-CLIP_tiny.pt",
         name="tiny-ct-lipro",
         analyzer="ctclip-supervised",
-        architecture="tiny-ctclip.json",
+        architecture=store / "tiny-ctclip.json",
     )
     states = {s.name: s for s in ensemble.build(_settings(store)).states}
     assert not states["ctclip-supervised"].enabled
