@@ -5,8 +5,11 @@ Datasets: the two real chest CTs of ../shared/testdata (348 files) and a synthet
 512x512 series. Each case runs with 1 and 4 concurrent associations (4 storescu processes,
 each sending a quarter of the files). Printed: instances/s, MB/s, the receiver's CPU time
 per instance (user + system, all its processes: steadier than wall time on a shared
-machine), its peak RSS, and the ratio ctnode/storescp. Every receiver starts fresh for
-every run (new data dir).
+machine), the senders' CPU time per instance (all storescu processes), what the machine's
+cores could carry if sender and receiver kept all of them busy ("CPU bound": cores x MB per
+instance / CPU seconds per instance, both sides together; with 4 associations on 2 cores
+the runs come close to it), its peak RSS, and the ratio ctnode/storescp. Every receiver
+starts fresh for every run (new data dir).
 
     python benchmarks/ingest.py [--repeat 3] [--datasets real synthetic] [--processes 1 2]
                                 [--associations 1 4] [--baseline DIR]
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,6 +60,7 @@ class Result:
     seconds: float
     peak_rss_mb: float
     cpu_seconds: float
+    sender_cpu_seconds: float
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -70,8 +75,16 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> tuple[float, float]:
+    """Wall seconds and the storescu processes' CPU seconds (the only children that end
+    during the push)."""
     groups = [list(files[i::associations]) for i in range(associations)]
+    cpu = _children_cpu()
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -86,7 +99,7 @@ def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> 
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
 
 
 def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Result:
@@ -101,7 +114,7 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
     try:
         wait_for_port(port, timeout=30.0)
         cpu = cpu_seconds([proc.pid])
-        seconds = push(files, port, "STORESCP", associations)
+        seconds, sender = push(files, port, "STORESCP", associations)
         cpu = cpu_seconds([proc.pid]) - cpu
         rss = peak_rss_mb([proc.pid])
     finally:
@@ -111,7 +124,7 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
     if received != len(files):
         raise RuntimeError(f"storescp stored {received} of {len(files)} files")
     os.sync()
-    return Result(seconds, rss, cpu)
+    return Result(seconds, rss, cpu, sender)
 
 
 def run_ctnode(
@@ -140,7 +153,7 @@ def run_ctnode(
     try:
         wait_for_port(port, timeout=30.0)
         cpu = cpu_seconds(process_tree(proc.pid))
-        seconds = push(files, port, "CTNODE", associations)
+        seconds, sender = push(files, port, "CTNODE", associations)
         cpu = cpu_seconds(process_tree(proc.pid)) - cpu
         rss = peak_rss_mb([proc.pid, *children(proc.pid)])
     finally:
@@ -152,7 +165,7 @@ def run_ctnode(
             f"ctnode stored {stored} of {len(files)} files: {err.decode(errors='replace')[-800:]}"
         )
     os.sync()
-    return Result(seconds, rss, cpu)
+    return Result(seconds, rss, cpu, sender)
 
 
 def main() -> int:
@@ -219,6 +232,8 @@ def main() -> int:
                     seconds = statistics.median(r.seconds for r in results)
                     rss = max(r.peak_rss_mb for r in results)
                     cpu = statistics.median(r.cpu_seconds for r in results)
+                    sender = statistics.median(r.sender_cpu_seconds for r in results)
+                    cores = os.cpu_count() or 1
                     rows.append(
                         (
                             name,
@@ -228,6 +243,8 @@ def main() -> int:
                             len(files) / seconds,
                             megabytes / seconds,
                             1000 * cpu / len(files),
+                            1000 * sender / len(files),
+                            cores * megabytes / (cpu + sender),
                             rss,
                             reference / seconds,
                         )
@@ -242,6 +259,8 @@ def main() -> int:
         "inst/s",
         "MB/s",
         "CPU ms/inst",
+        "sender CPU ms/inst",
+        "CPU bound MB/s",
         "peak RSS MB",
         "vs storescp",
     )
@@ -253,10 +272,10 @@ def main() -> int:
 
 
 def _row(row: tuple[object, ...]) -> str:
-    name, files, assocs, receiver, ips, mbs, cpu, rss, ratio = row
+    name, files, assocs, receiver, ips, mbs, cpu, sender, bound, rss, ratio = row
     return (
         f"| {name} | {files} | {assocs} | {receiver} | {ips:.0f} | {mbs:.0f} | {cpu:.2f} | "
-        f"{rss:.0f} | {ratio:.2f} |"
+        f"{sender:.2f} | {bound:.0f} | {rss:.0f} | {ratio:.2f} |"
     )
 
 

@@ -421,7 +421,8 @@ def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoc
         "INSERT INTO patients (patient_key, patient_id, patient_name, birth_date, sex) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET "
         "patient_name = excluded.patient_name, birth_date = excluded.birth_date, "
-        "sex = excluded.sex",
+        "sex = excluded.sex WHERE patient_name IS NOT excluded.patient_name "
+        "OR birth_date IS NOT excluded.birth_date OR sex IS NOT excluded.sex",  # else no write
         (
             patient_key,
             _text(ds, "PatientID"),

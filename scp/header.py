@@ -57,7 +57,7 @@ _UNDEFINED = 0xFFFFFFFF
 _EXPLICIT = {e: struct.Struct(e + "HH2sH") for e in "<>"}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_DEPTH = 16
-_FIRST_READ = 1 << 15  # a CT header up to Pixel Spacing is a few kB
+FIRST_BYTES = 1 << 15  # a CT header up to Pixel Spacing is a few kB
 _MAX_READ = 1 << 20
 _TEXT_VRS = frozenset(("SH", "LO", "UC"))
 _STRING_VRS = frozenset(("AE", "AS", "CS", "DA", "DT", "TM"))
@@ -92,22 +92,35 @@ class Header:
         return keyword in self._values
 
 
-def read(path: Path, transfer_syntax: str) -> Header | None:
+_FAILURES = (_CannotRead, struct.error, UnicodeDecodeError, LookupError, ValueError)
+
+
+def read(path: Path, transfer_syntax: str, first: bytes = b"") -> Header | None:
     """The header of a file the SCP wrote (its own File Meta, then the data set as
-    received in ``transfer_syntax``), or None when pydicom has to read it."""
+    received in ``transfer_syntax``), or None when pydicom has to read it. ``first``: the
+    file's first bytes (up to ``FIRST_BYTES``) where the caller kept them as it wrote the
+    file, which saves reading them back; the file is read only when the header goes on
+    past them."""
     if transfer_syntax in DEFLATED:
         return None
-    with open(path, "rb") as fh:
-        data = fh.read(_FIRST_READ)
+    if first:
         try:
-            return _parse(data, transfer_syntax, len(data) < _FIRST_READ)
+            return _parse(first, transfer_syntax, False)
+        except _Truncated:
+            pass
+        except _FAILURES:
+            return None
+    with open(path, "rb") as fh:
+        data = fh.read(FIRST_BYTES)
+        try:
+            return _parse(data, transfer_syntax, len(data) < FIRST_BYTES)
         except _Truncated:
             data += fh.read(_MAX_READ - len(data))
-        except (_CannotRead, struct.error, UnicodeDecodeError, LookupError, ValueError):
+        except _FAILURES:
             return None
     try:
         return _parse(data, transfer_syntax, len(data) < _MAX_READ)
-    except (_CannotRead, struct.error, UnicodeDecodeError, LookupError, ValueError):
+    except _FAILURES:
         return None
 
 

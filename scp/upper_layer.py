@@ -4,9 +4,10 @@ negotiation, and the DIMSE command sets of C-ECHO and C-STORE (PS3.7).
 Why not pynetdicom here: profiling ``ctnode serve`` showed half of its ~12 ms per 0.5 MB
 instance in pynetdicom's per-message machinery (command sets built and parsed through
 pydicom datasets, file meta through pydicom, events, queues between three threads that poll
-every millisecond). An acceptor that stores needs little of the standard: this module reads
-each PDU into one reusable buffer (``recv_into``), writes data set fragments straight into the
-spool file, and parses and builds the few command elements it needs with ``struct``.
+every millisecond). An acceptor that stores needs little of the standard: the SCP reads PDUs
+into one reusable buffer (``scp.pdu_reader``), writes data set fragments straight into the
+spool file, and this module parses and builds the few command elements it needs with
+``struct``.
 pynetdicom remains the node's SCU (results to PACS, ``ctnode echo``) and the tests' peer.
 
 Everything here is pure encoding and decoding; ``scp.server`` owns sockets and threads.

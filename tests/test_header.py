@@ -60,6 +60,11 @@ def _assert_same(path: Path, syntax: str) -> None:
     command = (str(slow.get("SOPClassUID", "")), str(slow.get("SOPInstanceUID", "")))
     assert check_identity(fast, *command) == check_identity(slow, *command)
     assert fast.meta_end == 144 + int(slow.file_meta.FileMetaInformationGroupLength)
+    # The SCP hands over the bytes it kept as it wrote the file: the same values, whether
+    # the header ends inside them or the file has to be read on.
+    first = path.read_bytes()[: header.FIRST_BYTES]
+    kept = header.read(path, syntax, first)
+    assert kept is not None and _indexed(kept) == _indexed(fast), path.name
 
 
 def _test_files() -> list[Path]:
@@ -154,3 +159,12 @@ def test_a_header_longer_than_the_first_read(tmp_path: Path, syntax: str) -> Non
     ds.private_block(0x0019, "CTNODE TEST").add_new(0x01, "OB", b"\1" * 1_100_000)
     huge = _as_received(tmp_path, "huge.dcm", _encode(ds, syntax), ds, syntax)
     assert header.read(huge, syntax) is None  # past the most it reads: pydicom's turn
+
+
+def test_kept_bytes_spare_reading_the_file(tmp_path: Path) -> None:
+    ds = ct_series(1, 8, 8, seed="kept")[0]
+    path = _as_received(tmp_path, "kept.dcm", _encode(ds, EXPLICIT_LITTLE), ds, EXPLICIT_LITTLE)
+    first = path.read_bytes()[: header.FIRST_BYTES]
+    path.unlink()
+    kept = header.read(path, EXPLICIT_LITTLE, first)
+    assert kept is not None and kept.get("SOPInstanceUID") == ds.SOPInstanceUID

@@ -83,6 +83,13 @@ def test_index_records_hierarchy_and_revisions(tmp_path: Path) -> None:
     assert index.stored_copy("9.9") is None
     patient = index.query("SELECT * FROM patients")[0]
     assert patient["patient_id"] == "TEST-0001" and "TEST" not in patient["patient_key"]
+    # A corrected name arriving with a later instance updates the patient (the upsert
+    # writes only when something changed).
+    late = ct_series(1, 8, 8, seed="idx-late")[0]
+    late.PatientName = "Corrected^Name"
+    index.record(_received(late, "p9", f"{9:064x}"))
+    names = [row["patient_name"] for row in index.query("SELECT * FROM patients")]
+    assert names == ["Corrected^Name"]
 
 
 def test_mark_stable_queues_one_job_and_respects_revisions(tmp_path: Path) -> None:
