@@ -61,10 +61,6 @@ from scp.validation import (
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
-# Writeback of a file being received starts every this many bytes (``Spool.start_writeback``):
-# once per fragment (about 100 kB from DCMTK's storescu) it cost a system call and a disk
-# request each, about 35 us of CPU.
-_WRITEBACK_BYTES = 1 << 18
 _MAX_CONTROL_PDU = 1 << 20
 _STOP_GRACE = 10.0
 
@@ -408,7 +404,6 @@ class Session:
         self.file: BinaryIO | None = None
         self.temp: Path | None = None
         self.written = 0
-        self.written_back = 0  # bytes of the file whose writeback has been started
         self.digest = hashlib.sha256()
         self.head = bytearray()  # the file's first bytes, for scp.header
 
@@ -456,12 +451,9 @@ class Session:
             else:
                 if self.file is None:
                     raise ul.ProtocolError("data set fragment without a C-STORE command")
-                self.written += self.file.write(fragment) or 0
-                if self.written - self.written_back >= _WRITEBACK_BYTES:
-                    self.scp.spool.start_writeback(
-                        self.file.fileno(), self.written_back, self.written - self.written_back
-                    )
-                    self.written_back = self.written
+                written = self.file.write(fragment) or 0
+                self.scp.spool.start_writeback(self.file.fileno(), self.written, written)
+                self.written += written
                 self.digest.update(fragment)
                 if len(self.head) < header.FIRST_BYTES:
                     self.head += fragment[: header.FIRST_BYTES - len(self.head)]
@@ -492,7 +484,6 @@ class Session:
                 self.request.calling_ae,
             )
             self.written = self.file.write(meta) or 0
-            self.written_back = 0
             self.head = bytearray(meta)
         else:
             raise ul.ProtocolError(f"unsupported DIMSE command {command.command_field:#06x}")
