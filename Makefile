@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy .
 
 bench: $(STAMP) tools
-	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/ingest.py --bare
 
 # DCMTK (storescu/storescp, dsrdump) and dicom3tools (dciodvfy) are real peers and
 # validators in the tests; install them when we can, otherwise those tests skip with a reason.

@@ -12,9 +12,12 @@ the runs come close to it), its peak RSS, and the ratio ctnode/storescp. Every r
 starts fresh for every run (new data dir).
 
     python benchmarks/ingest.py [--repeat 3] [--datasets real synthetic] [--processes 1 2]
-                                [--associations 1 4] [--baseline DIR]
+                                [--associations 1 4] [--baseline DIR] [--bare]
 
-storescp writes without fsync; ctnode runs with its defaults (fsync on). TCP_NODELAY=1 is set
+``--bare`` adds the issue's other reference, a bare pynetdicom SCP writing the raw received
+bytes (``benchmarks/bare_scp.py``), without and with an fsync per instance: the issue set
+its targets against such a receiver's speed on another machine. storescp writes without
+fsync; ctnode runs with its defaults (fsync on). TCP_NODELAY=1 is set
 for both DCMTK tools: Debian's DCMTK 3.6.7 leaves Nagle's algorithm on otherwise.
 
 What each run received stays on disk until the benchmark ends, and the page cache is
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,18 +106,44 @@ def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> 
 
 
 def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Result:
-    out = Path(tempfile.mkdtemp(prefix="storescp-", dir=workdir))
+    return _run_reference(
+        lambda port, out: ["storescp", "+xa", "-od", str(out), str(port)],
+        "STORESCP",
+        files,
+        associations,
+        workdir,
+    )
+
+
+def run_bare(files: Sequence[Path], associations: int, workdir: Path, fsync: bool) -> Result:
+    """The bare pynetdicom SCP of ``benchmarks/bare_scp.py``, with or without fsync."""
+    script = str(REPO / "benchmarks" / "bare_scp.py")
+    return _run_reference(
+        lambda port, out: [sys.executable, script, str(port), str(out)] + ["--fsync"] * fsync,
+        "BARESCP",
+        files,
+        associations,
+        workdir,
+    )
+
+
+def _run_reference(
+    command: Callable[[int, Path], list[str]],
+    ae_title: str,
+    files: Sequence[Path],
+    associations: int,
+    workdir: Path,
+) -> Result:
+    """A reference receiver that writes one file per instance into a folder of its own."""
+    out = Path(tempfile.mkdtemp(prefix="reference-", dir=workdir))
     port = free_port()
     proc = subprocess.Popen(
-        ["storescp", "+xa", "-od", str(out), str(port)],
-        env=DCMTK_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command(port, out), env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for_port(port, timeout=30.0)
         cpu = cpu_seconds([proc.pid])
-        seconds, sender = push(files, port, "STORESCP", associations)
+        seconds, sender = push(files, port, ae_title, associations)
         cpu = cpu_seconds([proc.pid]) - cpu
         rss = peak_rss_mb([proc.pid])
     finally:
@@ -122,7 +151,7 @@ def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Res
         proc.wait()
     received = sum(1 for _ in out.iterdir())
     if received != len(files):
-        raise RuntimeError(f"storescp stored {received} of {len(files)} files")
+        raise RuntimeError(f"{command(port, out)[0]} stored {received} of {len(files)} files")
     os.sync()
     return Result(seconds, rss, cpu, sender)
 
@@ -193,6 +222,12 @@ def main() -> int:
         metavar="DIR",
         help="also run the ctnode of this source tree (e.g. `git archive REV | tar -x -C DIR`)",
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="also run the issue's reference receiver, a bare pynetdicom SCP "
+        "(benchmarks/bare_scp.py), without and with fsync",
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -217,11 +252,19 @@ def main() -> int:
                 if args.baseline is not None:
                     trees["ctnode (baseline)"] = args.baseline.resolve()
                 receivers: dict[str, list[Result]] = {"storescp": []}
+                if args.bare:
+                    receivers["pynetdicom bare"] = []
+                    receivers["pynetdicom bare, fsync"] = []
                 for label in trees:
                     for processes in args.processes:
                         receivers[f"{label} p={processes}"] = []
                 for _ in range(args.repeat):
                     receivers["storescp"].append(run_storescp(files, associations, workdir))
+                    if args.bare:
+                        for fsync, label in ((False, "bare"), (True, "bare, fsync")):
+                            receivers[f"pynetdicom {label}"].append(
+                                run_bare(files, associations, workdir, fsync)
+                            )
                     for label, tree in trees.items():
                         for processes in args.processes:
                             receivers[f"{label} p={processes}"].append(

@@ -120,14 +120,22 @@ class StorageSCP:
         """Listen and accept in a background thread.
 
         SO_REUSEPORT lets several receiving processes share the port (``scp.processes``),
-        the kernel spreading connections over them.
+        the kernel spreading connections over them. Only then: with it, a second node
+        started by mistake on a port a node of the same user already serves would start
+        without an error and silently take part of its associations, with its own
+        settings and data directory.
         """
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        listener.bind((self.settings.host, self.settings.port))
-        listener.listen(64)
+        if self.settings.processes > 1:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            listener.bind((self.settings.host, self.settings.port))
+            listener.listen(64)
+        except OSError:
+            listener.close()
+            raise
         listener.settimeout(0.5)
         self._listener = listener
         self._stopping.clear()

@@ -8,6 +8,7 @@ and, across a ``kill -9``, no acknowledged instance lost or damaged.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -98,6 +99,28 @@ def test_real_chest_cts_arrive_intact_and_become_stable(tmp_path: Path) -> None:
             assert phi not in log, "patient attributes must never reach the log"
         for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
             assert str(uid) not in log, "UIDs are hashed in logs"
+
+
+def test_two_receiving_processes_share_the_port_and_one_index(tmp_path: Path) -> None:
+    """``scp.processes = 2``: a second process listens on the same port (SO_REUSEPORT), the
+    kernel spreads four concurrent associations over both, and every instance is indexed
+    once in the one database."""
+    require("storescu")
+    files = sorted(testdata("chest-ct-100-lung").glob("*.dcm"))
+    node = NodeProcess(tmp_path / "var", SCP__PROCESSES="2", WORKER__COUNT="0").start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(node.storescu, [files[i::4] for i in range(4)]))
+        assert all(r.returncode == 0 for r in results)
+        assert [s["instance_count"] for s in node.status()["series"]] == [len(files)]
+        stored = stored_by_uid(node)
+        assert set(stored) == {sop_uid(p) for p in files}
+        assert len(list((node.data_dir / "store").rglob("*.dcm"))) == len(files)
+    finally:
+        assert node.stop() == 0
+    log = node.log_text()
+    assert "receiving process failed" not in log
+    assert log.count("association accepted") == 4
 
 
 def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path) -> None:

@@ -30,7 +30,10 @@ from pynetdicom.association import Association
 
 import config
 from config import AllowedCaller, Settings
+from node.index import Index
 from node.serve import Node
+from scp.server import StorageSCP
+from scp.spool import Spool
 from tests.factory import ct_series, uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -275,6 +278,23 @@ def test_called_ae_title_must_match(start_node: Any) -> None:
     assoc = associate(start_node(require_called_ae_title=False), called="SOMEONE")
     assert assoc.is_established
     assoc.release()
+
+
+def test_a_second_node_on_a_served_port_fails_to_start(tmp_path: Path) -> None:
+    """Two nodes of one user on one port would split its associations between their
+    settings and data directories: the second must not start."""
+    indexes = [Index(tmp_path / "a"), Index(tmp_path / "b")]
+    first = StorageSCP(make_settings(tmp_path).scp, Spool(tmp_path / "a"), indexes[0])
+    first.start()
+    try:
+        settings = dataclasses.replace(make_settings(tmp_path).scp, port=first.port)
+        second = StorageSCP(settings, Spool(tmp_path / "b"), indexes[1])
+        with pytest.raises(OSError):
+            second.start()
+    finally:
+        first.stop()
+        for index in indexes:
+            index.close()
 
 
 def test_association_limit(start_node: Any) -> None:
