@@ -151,7 +151,7 @@ def _run_reference(
         proc.wait()
     received = sum(1 for _ in out.iterdir())
     if received != len(files):
-        raise RuntimeError(f"{command(port, out)[0]} stored {received} of {len(files)} files")
+        raise RuntimeError(f"{ae_title} stored {received} of {len(files)} files")
     os.sync()
     return Result(seconds, rss, cpu, sender)
 
@@ -245,6 +245,7 @@ def main() -> int:
         if "synthetic" in args.datasets and not args.skip_synthetic:
             datasets["synthetic 500x512x512"] = synthetic_series(workdir / "synthetic")
         rows = []
+        cores = os.cpu_count() or 1
         for name, files in datasets.items():
             megabytes = sum(f.stat().st_size for f in files) / 1e6
             for associations in args.associations:
@@ -276,7 +277,6 @@ def main() -> int:
                     rss = max(r.peak_rss_mb for r in results)
                     cpu = statistics.median(r.cpu_seconds for r in results)
                     sender = statistics.median(r.sender_cpu_seconds for r in results)
-                    cores = os.cpu_count() or 1
                     rows.append(
                         (
                             name,

@@ -201,8 +201,8 @@ class StorageSCP:
         cid = secrets.token_hex(4)
         extra = {"cid": cid}
         try:
-            conn.settimeout(self.settings.acse_timeout)
             if self._tls is not None:
+                conn.settimeout(self.settings.acse_timeout)  # for the handshake
                 conn = self._tls.wrap_socket(conn, server_side=True)
             reader = PDUReader(conn)
             reader.set_timeout(self.settings.acse_timeout)
