@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pynetdicom import AE
 
+    from scp.requestor import Requestor
+
     settings = load_settings(args)
     host = args.host or (
         "127.0.0.1" if settings.scp.host in ("0.0.0.0", "::") else settings.scp.host
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     ae = AE(ae_title=args.aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(host, port, ae_title=args.aec or settings.scp.ae_title)
+    assoc = Requestor(ae.associate(host, port, ae_title=args.aec or settings.scp.ae_title))
     if not assoc.is_established:
         print(f"no association with {host}:{port}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE, _config
 
+from scp.requestor import Requestor
 from scp.uids import uid_hash
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
     if destination.tls is not None:
         tls_args = (destination.tls, destination.tls_hostname or destination.host)
     try:
-        assoc = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        assoc = Requestor(
+            ae.associate(
+                destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+            )
         )
     except (OSError, ssl.SSLError) as exc:
         return [_all(o, Outcome.RETRY, None, f"no connection: {exc}") for o in objects]
