@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 ENV_PREFIX = "CTNODE_"
+# The PDU sizes the SCP may advertise (PS3.8 D.1: a receiver may limit its PDUs; each
+# association holds one buffer of its largest PDU).
+MIN_PDU_SIZE, MAX_PDU_SIZE = 4096, 16 * 2**20
 
 
 class ConfigError(ValueError):
@@ -47,7 +50,8 @@ class TLSSettings:
 
 @dataclass(frozen=True)
 class SCPSettings:
-    """The storage SCP: identity, listening address and association policy."""
+    """The storage SCP: identity, listening address, association policy, and a limit on
+    every resource a peer can make it hold (connections, memory, time)."""
 
     ae_title: str = "CTNODE"
     host: str = "0.0.0.0"
@@ -55,15 +59,48 @@ class SCPSettings:
     require_called_ae_title: bool = True
     allowed_callers: tuple[AllowedCaller, ...] = ()
     max_associations: int = 16
-    acse_timeout: float = 30.0
+    max_associations_per_address: int = 8
+    max_unassociated: int = 8
+    max_unassociated_per_address: int = 2
+    acse_timeout: float = 15.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     max_pdu_size: int = 1048576
+    max_command_bytes: int = 65536
     other_storage: Literal["discard", "reject"] = "discard"
     max_instance_mb: int = 2048
     min_free_disk_mb: int = 1024
     processes: int = 1
     tls: TLSSettings = field(default_factory=TLSSettings)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_associations",
+            "max_associations_per_address",
+            "max_unassociated",
+            "max_unassociated_per_address",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"scp.{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_pdu_size != 0 and not MIN_PDU_SIZE <= self.max_pdu_size <= MAX_PDU_SIZE:
+            raise ValueError(
+                f"scp.max_pdu_size must be 0 or from {MIN_PDU_SIZE} to {MAX_PDU_SIZE} bytes, "
+                f"not {self.max_pdu_size}"
+            )
+        if not 1024 <= self.max_command_bytes <= MAX_PDU_SIZE:
+            raise ValueError(
+                f"scp.max_command_bytes must be from 1024 to {MAX_PDU_SIZE}, "
+                f"not {self.max_command_bytes}"
+            )
+        for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"scp.{name} must be a positive number of seconds")
+
+    @property
+    def pdu_limit(self) -> int:
+        """The largest P-DATA PDU body the SCP advertises and accepts: ``max_pdu_size``, or
+        with 0 ("unlimited") the largest it will hold in memory."""
+        return self.max_pdu_size or MAX_PDU_SIZE
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The storage SCP: C-ECHO and C-STORE (PS3.4 Annex A and B) into the durable spool.
 
-Each association runs in its own thread over the upper layer in ``scp.upper_layer``. A
+Each connection runs in its own thread over the upper layer in ``scp.upper_layer``, admitted
+by ``scp.admission`` (limits on connections and associations, in all and per address), its
+association negotiated here within one deadline, its messages handled by ``scp.session``. A
 received data set streams straight into a temp file in the spool's ``tmp/`` behind a File
 Meta header the node writes, so a 500 MB multi-frame never sits in memory and the bytes on
 disk are the bytes that came over the wire. ``store`` then checks the instance, moves that
@@ -19,24 +21,23 @@ import secrets
 import shutil
 import socket
 import ssl
-import struct
-import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 
 from config import SCPSettings
 from scp import header
 from scp import upper_layer as ul
+from scp.admission import Admission, Limits
 from scp.group_commit import CommitFailed, GroupCommit
 from scp.header import HeaderValues
-from scp.pdu_reader import PDUReader
+from scp.pdu_reader import PDUReader, PeerClosed
 from scp.policy import AssociationPolicy
+from scp.session import Session
 from scp.sink import InstanceSink, ReceivedInstance, Refusal
 from scp.sop_classes import (
     CT_STORAGE,
@@ -61,8 +62,11 @@ from scp.validation import (
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
-_MAX_CONTROL_PDU = 1 << 20
+# The largest A-ASSOCIATE-RQ read: 128 presentation contexts proposing 30 transfer
+# syntaxes each take about 110 kB.
+MAX_ASSOCIATE_RQ = 1 << 18
 _STOP_GRACE = 10.0
+_REFUSAL_LOG_INTERVAL = 5.0
 
 # As tag numbers: dcmread otherwise looks every keyword up again for every instance.
 _HEADER_TAG_NUMBERS: list[BaseTag] = [Tag(keyword) for keyword in header.HEADER_TAGS]
@@ -92,7 +96,15 @@ class StorageSCP:
         self.supported[VERIFICATION] = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
         self._locks = [threading.Lock() for _ in range(64)]
         self._group_commit = GroupCommit(spool, sink)
-        self._slots = threading.BoundedSemaphore(max(1, settings.max_associations))
+        self.admission = Admission(
+            Limits(
+                settings.max_unassociated,
+                settings.max_unassociated_per_address,
+                settings.max_associations,
+                settings.max_associations_per_address,
+            )
+        )
+        self._last_refusal_log = 0.0
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._sessions: set[threading.Thread] = set()
@@ -189,6 +201,11 @@ class StorageSCP:
                 continue
             except OSError:
                 return
+            refused = self.admission.connect(address[0])
+            if refused is not None:
+                conn.close()  # before any thread or buffer is spent on it
+                self._log_refused_connection(address[0], refused)
+                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             thread = threading.Thread(
                 target=self._serve, args=(conn, address[0]), name="scp-association", daemon=True
@@ -197,51 +214,88 @@ class StorageSCP:
                 self._sessions.add(thread)
             thread.start()
 
+    def _log_refused_connection(self, address: str, reason: str) -> None:
+        """At most one line per few seconds: a flood must not flood the log too."""
+        now = time.monotonic()
+        if now - self._last_refusal_log >= _REFUSAL_LOG_INTERVAL:
+            self._last_refusal_log = now
+            log.warning("connection from %s closed at once: %s", address, reason)
+
     def _serve(self, conn: socket.socket, address: str) -> None:
         cid = secrets.token_hex(4)
         extra = {"cid": cid}
+        associated = False
         try:
-            if self._tls is not None:
-                conn.settimeout(self.settings.acse_timeout)  # for the handshake
-                conn = self._tls.wrap_socket(conn, server_side=True)
-            reader = PDUReader(conn)
-            reader.set_timeout(self.settings.acse_timeout)
-            log.info("association requested from %s", address, extra=extra)
-            kind, body = reader.next(_MAX_CONTROL_PDU)
-            if kind != ul.ASSOCIATE_RQ:
-                raise ul.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
-            request = ul.parse_associate_rq(bytes(body))
+            reader, request = self._handshake(conn, address, extra)
+            conn = reader.conn
             rejection = self._rejection(request, address)
-            if rejection is None and not self._slots.acquire(blocking=False):
-                rejection = (2, 3, 2)  # transient, local limit exceeded
+            refused = None if rejection else self.admission.associate(address)
+            if refused is not None:
+                rejection = (2, 3, 2)  # transient, service provider (presentation), local limit
             if rejection is not None:
                 reader.sendall(ul.associate_rj(*rejection))
                 log.warning(
-                    "association from %s rejected (%s)",
+                    "association from %s rejected (%s)%s",
                     request.calling_ae,
                     "/".join(map(str, rejection)),
+                    f": {refused}" if refused else "",
                     extra=extra,
                 )
                 return
-            try:
-                results = ul.negotiate(request.contexts, self.supported)
-                reader.sendall(ul.associate_ac(request, results, self.settings.max_pdu_size))
-                log.info("association accepted: calling AE %s", request.calling_ae, extra=extra)
-                Session(self, reader, request, results, cid).run()
-            finally:
-                self._slots.release()
-        except (ul.ProtocolError, struct.error) as exc:
-            log.warning("protocol error, association aborted: %s", exc, extra=extra)
-            _send_quietly(conn, ul.abort(2, 0))
-        except TimeoutError:
-            log.warning("network timeout: association aborted", extra=extra)
-            _send_quietly(conn, ul.abort(2, 0))
+            associated = True
+            results = ul.negotiate(request.contexts, self.supported)
+            reader.sendall(ul.associate_ac(request, results, self.settings.pdu_limit))
+            log.info("association accepted: calling AE %s", request.calling_ae, extra=extra)
+            Session(self, reader, request, results, cid).run()
+        except ul.ProtocolError as exc:
+            log.warning(
+                "protocol error, association aborted (source %d, reason %d): %s",
+                exc.source,
+                exc.reason,
+                exc,
+                extra=extra,
+            )
+            _send_quietly(conn, ul.abort(exc.source, exc.reason))
+        except TimeoutError as exc:
+            if associated:
+                log.warning("%s: association aborted", exc, extra=extra)
+                _send_quietly(conn, ul.abort(ul.SERVICE_USER))
+            else:  # the ARTIM timer's end: close the connection (PS3.8 9.2.3, AA-2)
+                log.warning("no A-ASSOCIATE-RQ within acse_timeout: connection closed", extra=extra)
+        except PeerClosed:
+            log.warning("connection closed by the peer", extra=extra)
         except (OSError, ssl.SSLError) as exc:
             log.warning("connection lost: %s", exc, extra=extra)
+        except Exception:  # a fault of ours must not leave the peer waiting
+            log.exception("association failed: aborted", extra=extra)
+            _send_quietly(conn, ul.abort(ul.SERVICE_PROVIDER, ul.NOT_SPECIFIED))
         finally:
             conn.close()
+            self.admission.close(address, associated)
             with self._sessions_lock:
                 self._sessions.discard(threading.current_thread())
+
+    def _handshake(
+        self, conn: socket.socket, address: str, extra: dict[str, str]
+    ) -> tuple[PDUReader, ul.AssociateRequest]:
+        """The TLS handshake (if any) and the A-ASSOCIATE-RQ, within one ``acse_timeout``
+        deadline that no trickle of bytes renews."""
+        deadline = time.monotonic() + self.settings.acse_timeout
+        if self._tls is not None:
+            conn.settimeout(self.settings.acse_timeout)  # a deadline for the whole handshake
+            conn = self._tls.wrap_socket(conn, server_side=True)
+        reader = PDUReader(conn)
+        log.info("association requested from %s", address, extra=extra)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("TLS handshake took the whole acse_timeout")
+        kind, body = reader.next(MAX_ASSOCIATE_RQ, left)
+        if kind != ul.ASSOCIATE_RQ:
+            reason = ul.UNEXPECTED_PDU if 1 <= kind <= 7 else ul.UNRECOGNIZED_PDU
+            raise ul.ProtocolError(
+                f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}", reason=reason
+            )
+        return reader, ul.parse_associate_rq(bytes(body))
 
     def _rejection(self, request: ul.AssociateRequest, address: str) -> tuple[int, int, int] | None:
         """Why an association is refused (PS3.8 9.3.4 result, source, reason), or None."""
@@ -291,10 +345,10 @@ class StorageSCP:
             size, self.limits.max_instance_bytes
         )
         if rejection:
-            return self._refuse(rejection, sop_class, sop_instance, calling, cid)
+            return self.refuse(rejection, sop_class, sop_instance, calling, cid)
         outcome = _parse_header(temp, sop_class, sop_instance, transfer_syntax, head)
         if isinstance(outcome, Rejection):
-            return self._refuse(outcome, sop_class, sop_instance, calling, cid)
+            return self.refuse(outcome, sop_class, sop_instance, calling, cid)
         values, identity, meta_end = outcome
         if has_leading_zero(sop_instance):
             log.warning(
@@ -333,7 +387,7 @@ class StorageSCP:
             final = self.spool.move_in(temp, relative)
         except OSError as exc:
             rejection = Rejection(OUT_OF_RESOURCES, "spool_write_failed", exc.strerror or str(exc))
-            return self._refuse(
+            return self.refuse(
                 rejection, identity.sop_class_uid, identity.sop_instance_uid, calling, cid
             )
         received = ReceivedInstance(
@@ -367,9 +421,10 @@ class StorageSCP:
             )
         return SUCCESS
 
-    def _refuse(
+    def refuse(
         self, rejection: Rejection, sop_class: str, sop_instance: str, calling: str, cid: str
     ) -> int:
+        """Log and count a refused instance; the status its sender gets."""
         self._last.reason = rejection.reason
         log.warning(
             "instance %s rejected with 0x%04X (%s): %s",
@@ -388,184 +443,31 @@ class StorageSCP:
         return rejection.status
 
 
-class Session:
-    """One established association: P-DATA in, C-ECHO/C-STORE responses out."""
-
-    def __init__(
-        self,
-        scp: StorageSCP,
-        reader: PDUReader,
-        request: ul.AssociateRequest,
-        results: list[ul.ContextResult],
-        cid: str,
-    ) -> None:
-        self.scp = scp
-        self.reader = reader
-        self.request = request
-        self.accepted = {r.context_id: r for r in results if r.result == ul.ACCEPTANCE}
-        self.cid = cid
-        limit = scp.settings.max_pdu_size
-        self.max_pdu = limit + 6 if limit else 1 << 30
-        self.command_bytes = bytearray()
-        self.command: ul.Command | None = None
-        self.context: ul.ContextResult | None = None
-        self.file: BinaryIO | None = None
-        self.temp: Path | None = None
-        self.written = 0
-        self.digest = hashlib.sha256()
-        self.head = bytearray()  # the file's first bytes, for scp.header
-
-    def run(self) -> None:
-        try:
-            while True:
-                self.reader.set_timeout(self._timeout())
-                kind, body = self.reader.next(self.max_pdu)
-                if kind == ul.P_DATA_TF:
-                    self._p_data(body)
-                elif kind == ul.RELEASE_RQ:
-                    self.reader.sendall(ul.release_rp())
-                    log.info("association released", extra={"cid": self.cid})
-                    return
-                elif kind == ul.ABORT:
-                    log.warning("association aborted by the peer", extra={"cid": self.cid})
-                    return
-                else:
-                    raise ul.ProtocolError(f"unexpected PDU type {kind:#04x}")
-        finally:
-            self._discard_partial()
-
-    def _timeout(self) -> float | None:
-        """``dimse_timeout`` while a message is half received (its next fragment is due),
-        ``network_timeout`` while the association is idle between messages."""
-        settings = self.scp.settings
-        in_message = self.file is not None or bool(self.command_bytes)
-        return (settings.dimse_timeout if in_message else settings.network_timeout) or None
-
-    def _p_data(self, body: memoryview) -> None:
-        offset, end = 0, len(body)
-        while offset < end:
-            if offset + 6 > end:
-                raise ul.ProtocolError("truncated PDV item")
-            length = struct.unpack_from(">I", body, offset)[0]
-            context_id, control = body[offset + 4], body[offset + 5]
-            fragment = body[offset + 6 : offset + 4 + length]
-            offset += 4 + length
-            if length < 2 or offset > end:
-                raise ul.ProtocolError("malformed PDV item")
-            if control & 0x01:
-                self.command_bytes += fragment
-                if control & 0x02:
-                    self._command(context_id)
-            else:
-                if self.file is None:
-                    raise ul.ProtocolError("data set fragment without a C-STORE command")
-                written = self.file.write(fragment) or 0
-                self.scp.spool.start_writeback(self.file.fileno(), self.written, written)
-                self.written += written
-                self.digest.update(fragment)
-                if len(self.head) < header.FIRST_BYTES:
-                    self.head += fragment[: header.FIRST_BYTES - len(self.head)]
-                if control & 0x02:
-                    self._data_set_complete()
-
-    def _command(self, context_id: int) -> None:
-        command = ul.parse_command(bytes(self.command_bytes))
-        self.command_bytes.clear()
-        context = self.accepted.get(context_id)
-        if context is None:
-            raise ul.ProtocolError(f"command on presentation context {context_id}, not accepted")
-        if command.command_field == ul.C_ECHO_RQ:
-            self.reader.sendall(ul.p_data(context_id, ul.response(command, SUCCESS)))
-        elif command.command_field == ul.C_STORE_RQ:
-            if command.data_set_type == ul.NO_DATA_SET:
-                self.reader.sendall(ul.p_data(context_id, ul.response(command, CANNOT_UNDERSTAND)))
-                return
-            self.command, self.context = command, context
-            fd, name = _mkstemp(self.scp.spool.tmp_dir)
-            self.temp = Path(name)
-            self.file = open(fd, "wb", buffering=0)  # noqa: SIM115 (closed when complete)
-            self.digest = hashlib.sha256()
-            meta = ul.file_meta(
-                command.affected_sop_class,
-                command.affected_sop_instance,
-                context.transfer_syntax,
-                self.request.calling_ae,
-            )
-            self.written = self.file.write(meta) or 0
-            self.head = bytearray(meta)
-        else:
-            raise ul.ProtocolError(f"unsupported DIMSE command {command.command_field:#06x}")
-
-    def _data_set_complete(self) -> None:
-        assert self.file is not None and self.temp is not None
-        assert self.command is not None and self.context is not None
-        self.file.close()
-        self.file = None
-        temp, self.temp = self.temp, None
-        try:
-            status = self.scp.store(
-                temp,
-                self.command.affected_sop_class,
-                self.command.affected_sop_instance,
-                self.request.calling_ae,
-                self.context.transfer_syntax,
-                self.cid,
-                self.digest.hexdigest(),
-                bytes(self.head),
-            )
-        finally:
-            temp.unlink(missing_ok=True)
-        self.reader.sendall(ul.p_data(self.context.context_id, ul.response(self.command, status)))
-
-    def _discard_partial(self) -> None:
-        """An association that ends mid-data-set leaves nothing behind."""
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        if self.temp is not None:
-            self.temp.unlink(missing_ok=True)
-            self.temp = None
-            log.warning(
-                "connection closed mid-transfer: partial instance discarded",
-                extra={"cid": self.cid},
-            )
-
-
 def _parse_header(
     temp: Path, sop_class: str, sop_instance: str, transfer_syntax: str, head: bytes = b""
 ) -> tuple[HeaderValues, Identity, int] | Rejection:
     """The attributes validation and the index need, checked against the command; the
     values, the identity and where the data set starts, or why it cannot be stored.
     ``scp.header`` reads them unless it cannot, or finds a reason to refuse: pydicom, which
-    reads more kinds of damaged data sets, then has the last word."""
-    fast = header.read(temp, transfer_syntax, head)
-    if fast is not None:
-        identity = check_identity(fast, sop_class, sop_instance)
-        if not isinstance(identity, Rejection):
-            return fast, identity, fast.meta_end
+    reads more kinds of damaged data sets, then has the last word. Whatever either raises
+    on a hostile data set (deep nesting: RecursionError; lengths past the end: struct or
+    EOF errors; text no codec takes) means the same to the sender: cannot understand."""
     try:
+        fast = header.read(temp, transfer_syntax, head)
+        if fast is not None:
+            identity = check_identity(fast, sop_class, sop_instance)
+            if not isinstance(identity, Rejection):
+                return fast, identity, fast.meta_end
         dataset = dcmread(temp, stop_before_pixels=True, specific_tags=_HEADER_TAG_NUMBERS)
         identity = check_identity(dataset, sop_class, sop_instance)
         meta_end = 144 + int(dataset.file_meta.FileMetaInformationGroupLength)
-    except (
-        InvalidDicomError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        AttributeError,
-        OSError,
-    ) as exc:
+    except Exception as exc:  # see the docstring
         return Rejection(
             CANNOT_UNDERSTAND, "undecodable", f"data set cannot be parsed: {type(exc).__name__}"
         )
     if isinstance(identity, Rejection):
         return identity
     return dataset, identity, meta_end
-
-
-def _mkstemp(folder: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(dir=folder, suffix=".dcm")
 
 
 def _send_quietly(conn: socket.socket, data: bytes) -> None:

@@ -32,6 +32,7 @@ import config
 from config import AllowedCaller, Settings
 from node.index import Index
 from node.serve import Node
+from scp.requestor import Requestor
 from scp.server import StorageSCP
 from scp.spool import Spool
 from tests.factory import ct_series, uid
@@ -71,11 +72,11 @@ def associate(
     called: str = "CTNODE",
     contexts: tuple[str, ...] = (CT,),
     **kwargs: Any,
-) -> Association:
+) -> Requestor:
     ae = AE(ae_title=calling)
     for sop_class in contexts:
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    return ae.associate("127.0.0.1", node.scp.port, ae_title=called, **kwargs)
+    return Requestor(ae.associate("127.0.0.1", node.scp.port, ae_title=called, **kwargs))
 
 
 def stored_files(node: Node) -> list[Path]:
