@@ -60,8 +60,8 @@ class SCPSettings:
     allowed_callers: tuple[AllowedCaller, ...] = ()
     max_associations: int = 16
     max_associations_per_address: int = 8
-    max_unassociated: int = 8
-    max_unassociated_per_address: int = 2
+    max_unassociated: int = 16
+    max_unassociated_per_address: int = 8
     acse_timeout: float = 15.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
