@@ -43,15 +43,11 @@ class PDUReader:
         self._view = memoryview(self._buffer)
         self._start = self._end = 0
         self._timeout: float | None = None
+        self._receive_timeout: float | None = None
         self._timeout_set = False
         self._kernel_timeouts = not isinstance(conn, ssl.SSLSocket)
         if self._kernel_timeouts:
             conn.settimeout(None)
-
-    @property
-    def capacity(self) -> int:
-        """Bytes the buffer holds now (what this connection costs in memory)."""
-        return len(self._buffer)
 
     def set_timeout(self, seconds: float | None) -> None:
         """Limit every later single wait for the peer (receiving and sending) to
@@ -60,13 +56,28 @@ class PDUReader:
         if self._timeout_set and seconds == self._timeout:
             return
         self._timeout, self._timeout_set = seconds, True
+        self._receive_timeout = seconds
         if not self._kernel_timeouts:
             self.conn.settimeout(seconds)
             return
-        whole = int(seconds or 0)
-        interval = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))
+        interval = _interval(seconds)
         self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
         self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+
+    def _shorten_receive_timeout(self, left: float) -> None:
+        """Cut the wait of the next ``recv`` to ``left`` seconds, the time to a deadline.
+        Only when that is a tenth or more below the wait set: a PDU that arrives at speed
+        costs no system call for it, and a trickle overruns its deadline by a tenth at
+        most."""
+        current = self._receive_timeout
+        if current is not None and left > 0.9 * current:
+            return
+        self._receive_timeout = left
+        self._timeout_set = False  # the next set_timeout sets both again
+        if self._kernel_timeouts:
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _interval(left))
+        else:
+            self.conn.settimeout(left)
 
     def sendall(self, data: bytes) -> None:
         try:
@@ -103,7 +114,7 @@ class PDUReader:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("the peer did not send a whole PDU in time")
-                self.set_timeout(left)
+                self._shorten_receive_timeout(left)
             first = False
             try:
                 count = self.conn.recv_into(self._view[self._end :])
@@ -125,3 +136,9 @@ class PDUReader:
         else:
             self._view[:unread] = self._view[self._start : self._end]
         self._start, self._end = 0, unread
+
+
+def _interval(seconds: float | None) -> bytes:
+    """A ``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO (0: no limit)."""
+    whole = int(seconds or 0)
+    return struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))

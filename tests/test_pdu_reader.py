@@ -82,3 +82,29 @@ def test_closed_peer(pair: tuple[socket.socket, socket.socket]) -> None:
     theirs.close()
     with pytest.raises(PeerClosed):
         PDUReader(ours).next(1 << 20)
+
+
+def test_a_trickled_pdu_does_not_renew_its_deadline(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """One byte every 0.2 s always arrives within a 1 s wait, but the PDU as a whole must
+    arrive within 1 s."""
+    ours, theirs = pair
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for byte in pdu(P_DATA_TF, b"x" * 100):
+            if stop.wait(0.2):
+                return
+            theirs.send(bytes([byte]))
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            PDUReader(ours).next(1 << 20, timeout=1.0)
+    finally:
+        stop.set()
+        sender.join()
+    assert 0.9 < time.monotonic() - started < 1.5
