@@ -7,11 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TESTDATA = SHARED / "testdata"
 MODELS = SHARED / "models"
+
+# Hypothesis (the fuzz tests): a bounded run by default, the whole fuzz file well under a
+# minute; ``CTNODE_FUZZ=1`` (``make fuzz``) runs many more examples, for local runs.
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile("fuzz" if os.environ.get("CTNODE_FUZZ") else "ci")
 
 
 def testdata(name: str) -> Path:
