@@ -423,14 +423,22 @@ def exchange(port: int, *messages: bytes) -> list[int]:
         return read_pdus(conn)
 
 
+def exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        assert chunk, "the node closed the connection mid-PDU"
+        data += chunk
+    return data
+
+
 def accept_and_answer(port: int, request: bytes, *messages: bytes) -> list[int]:
     """Associate with ``request`` (accepted), then send ``messages`` and close our side."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request)
-        header = conn.recv(6, socket.MSG_WAITALL)
-        kind, length = ul.parse_header(header)
+        kind, length = ul.parse_header(exactly(conn, 6))
         assert kind == ul.ASSOCIATE_AC
-        conn.recv(length, socket.MSG_WAITALL)
+        exactly(conn, length)
         send_and_close(conn, messages)
         return read_pdus(conn)
 
