@@ -40,6 +40,7 @@ import pytest
 
 from node.serve import Node
 from scp import upper_layer as ul
+from tests.command_sets import c_echo_rq, c_store_rq
 from tests.factory import ct_series
 from tests.test_scp_network import encode, make_settings
 
@@ -272,36 +273,13 @@ class RawAssociation:
                     status: int = struct.unpack("<H", ul.parse_command(fragments).extra[0x0900])[0]
                     return status
 
-    def _command(self, *elements: tuple[int, bytes]) -> bytes:
-        body = b"".join(_element(tag, value) for tag, value in elements)
-        return _element(0x0000, struct.pack("<I", len(body))) + body
-
     def echo(self) -> int:
         self.message_id += 1
-        return self.request(
-            ECHO_CONTEXT,
-            self._command(
-                (0x0002, VERIFICATION.encode()),
-                (0x0100, struct.pack("<H", ul.C_ECHO_RQ)),
-                (0x0110, struct.pack("<H", self.message_id)),
-                (0x0800, struct.pack("<H", ul.NO_DATA_SET)),
-            ),
-        )
+        return self.request(ECHO_CONTEXT, c_echo_rq(self.message_id))
 
     def store(self, sop_instance: str, data_set: bytes) -> int:
         self.message_id += 1
-        return self.request(
-            CT_CONTEXT,
-            self._command(
-                (0x0002, CT.encode()),
-                (0x0100, struct.pack("<H", ul.C_STORE_RQ)),
-                (0x0110, struct.pack("<H", self.message_id)),
-                (0x0700, struct.pack("<H", 0)),
-                (0x0800, struct.pack("<H", 0)),
-                (0x1000, sop_instance.encode()),
-            ),
-            data_set,
-        )
+        return self.request(CT_CONTEXT, c_store_rq(self.message_id, CT, sop_instance), data_set)
 
     def release(self) -> int:
         """A-RELEASE-RQ; the type of the PDU that answers it."""
@@ -309,12 +287,6 @@ class RawAssociation:
         kind, _ = self.receive()
         self.conn.close()
         return kind
-
-
-def _element(tag: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0"
-    return struct.pack("<HHI", 0x0000, tag, len(value)) + value
 
 
 # -- the proposals ------------------------------------------------------------------------------

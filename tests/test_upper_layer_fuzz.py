@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from node.serve import Node
 from scp import upper_layer as ul
+from tests.command_sets import c_echo_rq, c_store_rq, element
 from tests.test_scp_network import make_settings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -192,35 +193,6 @@ def mutated(
 def pdv(context_id: int, control: int, fragment: bytes) -> bytes:
     """One presentation data value item (PS3.8 9.3.5.1)."""
     return struct.pack(">IBB", len(fragment) + 2, context_id, control) + fragment
-
-
-def element(tag: int, value: bytes) -> bytes:
-    """A group 0000 element, implicit VR little endian, padded to even length."""
-    if len(value) % 2:
-        value += b"\0"
-    return struct.pack("<HHI", 0x0000, tag, len(value)) + value
-
-
-def c_store_rq(
-    message_id: int, sop_class: str, sop_instance: str, priority: int, data_set_type: int
-) -> bytes:
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1) as a requestor encodes it."""
-    body = element(0x0002, sop_class.encode())
-    body += element(0x0100, struct.pack("<H", ul.C_STORE_RQ))
-    body += element(0x0110, struct.pack("<H", message_id))
-    body += element(0x0700, struct.pack("<H", priority))
-    body += element(0x0800, struct.pack("<H", data_set_type))
-    body += element(0x1000, sop_instance.encode())
-    return element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def c_echo_rq(message_id: int) -> bytes:
-    """A C-ECHO-RQ command set (PS3.7 9.3.5.1)."""
-    body = element(0x0002, VERIFICATION.encode())
-    body += element(0x0100, struct.pack("<H", ul.C_ECHO_RQ))
-    body += element(0x0110, struct.pack("<H", message_id))
-    body += element(0x0800, struct.pack("<H", ul.NO_DATA_SET))
-    return element(0x0000, struct.pack("<I", len(body))) + body
 
 
 pdvs = st.lists(
