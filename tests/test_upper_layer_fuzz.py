@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from node.serve import Node
@@ -231,6 +231,9 @@ PARSERS: dict[str, Callable[[bytes], object]] = {
 
 @pytest.mark.parametrize("name", PARSERS)
 @given(data=st.binary(max_size=600) | st.binary(min_size=68, max_size=600))
+@example(data=b"\0\0\0\0\x02\0\0\0\x01")  # a command element's value cut short
+@example(data=element(0x0100, b"\x01\0\0\0"))  # Command Field 4 bytes long, not a US
+@example(data=b"\0\0\0\x01\x01")  # a PDV item too short for its header
 def test_arbitrary_bytes_parse_or_raise_protocol_error(name: str, data: bytes) -> None:
     parses_or_protocol_error(lambda: PARSERS[name](data))
 
@@ -259,6 +262,12 @@ item_values = st.one_of(
         max_size=6,
     ),
 )
+@example(header=bytes(68), items=[(0x54, b"\0\0")])  # role selection: no UID, no roles
+@example(header=bytes(68), items=[(0x54, b"\0\x011\x01")])  # one role byte of two
+@example(header=bytes(68), items=[(0x58, b"\x01\x01\0\x04us")])  # username cut short
+@example(header=bytes(68), items=[(0x58, b"\x02\0\0\0")])  # no passcode length
+@example(header=bytes(68), items=[(0x53, b"\0\x05")])  # half an async window
+@example(header=bytes(68), items=[(0x20, b"\x01\0\0")])  # presentation context too short
 def test_arbitrary_items_parse_or_raise_protocol_error(
     header: bytes, items: list[tuple[int, bytes]]
 ) -> None:
