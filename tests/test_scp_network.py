@@ -26,7 +26,6 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import AE, _config
-from pynetdicom.association import Association
 
 import config
 from config import AllowedCaller, Settings
@@ -338,7 +337,7 @@ def test_transfer_cut_mid_data_set_leaves_nothing(start_node: Any, ending: str) 
     assoc = associate(node)
     context_id = assoc.accepted_contexts[0].context_id
     assert context_id is not None
-    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    raw = assoc.dul.socket.socket
     assert raw is not None
     command = _c_store_command(CT, str(ds.SOPInstanceUID))
     half = encode(ds)[:4000]
@@ -488,7 +487,7 @@ def test_stalled_message_is_aborted_after_the_dimse_timeout(start_node: Any) -> 
     assoc = associate(node)
     context_id = assoc.accepted_contexts[0].context_id
     assert context_id is not None
-    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    raw = assoc.dul.socket.socket
     assert raw is not None
     command = _c_store_command(CT, str(ds.SOPInstanceUID))
     raw.sendall(
