@@ -21,7 +21,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-# The upper layer's fuzz tests with many more examples than `make test` runs (minutes).
+# The upper layer's fuzz tests with many more examples than `make test` runs: 10,000 a
+# test, or CTNODE_FUZZ_EXAMPLES (some ten minutes on an idle machine).
 fuzz: $(STAMP)
 	CTNODE_FUZZ=1 $(BIN)/pytest tests/test_upper_layer_fuzz.py --timeout=0 $(PYTEST_ARGS)
 
