@@ -14,9 +14,9 @@ sub-item for any of the proposals: no role selection, no asynchronous operations
 no user identity response, no extended negotiation. Each of those omissions conforms (an
 acceptor that does not take part in an optional negotiation leaves its sub-item out and
 the defaults apply). Where ours leaves a sub-item out too, the test asserts the same
-presence and absence; where ours answers one, ``test_*`` says why, and asserts that both
-answers mean the same for the association or, for role selection proposed as SCP only,
-what ours means instead.
+presence and absence; where ours answers one, the test's docstring says why, and the test
+asserts that both answers mean the same for the association or, for role selection
+proposed as SCP only, what ours means instead.
 
 DCMTK is a real peer here, as in CI: ``/usr/bin/storescp``, never the ``storescp`` of
 pynetdicom's console scripts that a virtualenv puts first on PATH. Without DCMTK the tests
