@@ -8,7 +8,7 @@ APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test test-all lint tools bench clean
+.PHONY: run test test-all lint tools bench fuzz clean
 
 run: $(STAMP)
 	$(BIN)/ctnode serve $(ARGS)
@@ -20,6 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# The upper layer's fuzz tests with many more examples than `make test` runs: 10,000 a
+# test, or CTNODE_FUZZ_EXAMPLES (some ten minutes on an idle machine).
+fuzz: $(STAMP)
+	CTNODE_FUZZ=1 $(BIN)/pytest tests/test_upper_layer_fuzz.py --timeout=0 $(PYTEST_ARGS)
 
 bench: $(STAMP) tools
 	$(BIN)/python benchmarks/ingest.py --bare
@@ -44,4 +49,4 @@ $(STAMP): pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

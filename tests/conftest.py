@@ -7,11 +7,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TESTDATA = SHARED / "testdata"
 MODELS = SHARED / "models"
+
+# Hypothesis (the fuzz tests): a bounded run by default, the whole fuzz file well under a
+# minute; ``CTNODE_FUZZ=1`` (``make fuzz``) runs many more examples, for local runs:
+# CTNODE_FUZZ_EXAMPLES a test (10,000 unless set: some ten minutes on an idle machine).
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("CTNODE_FUZZ_EXAMPLES", "10000")), deadline=None
+)
+settings.load_profile("fuzz" if os.environ.get("CTNODE_FUZZ") else "ci")
 
 
 def testdata(name: str) -> Path:
