@@ -324,8 +324,15 @@ def associate_ac(
         uid = _text(role.sop_class)
         user += _item(0x54, struct.pack(">H", len(uid)) + uid + bytes([role.scu_role, 0]))
     user += _item(0x55, _text(IMPLEMENTATION_VERSION))
-    if request.user_identity is not None and request.user_identity.positive_response_requested:
-        user += _item(0x59, b"\0\0")  # accepted, no server response (PS3.7 D.3.3.7.2)
+    identity = request.user_identity
+    if (
+        identity is not None
+        and identity.positive_response_requested
+        and identity.identity_type in (1, 2)
+    ):
+        # accepted; a username (and passcode) has no server response (PS3.7 D.3.3.7.2).
+        # Kerberos, SAML and JWT responses carry data the node does not make: none sent.
+        user += _item(0x59, b"\0\0")
     body += _item(0x50, user)
     return pdu(ASSOCIATE_AC, body)
 
