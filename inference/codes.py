@@ -66,7 +66,6 @@ PROCEDURE_CT = Code("25045-6", "LN", "CT unspecified body region")
 EMPHYSEMA = _sct("87433001", "Pulmonary emphysema")
 CONSOLIDATION = _sct("95436008", "Lung consolidation")
 NODULE = _sct("27925004", "Nodule")
-LUNG_OPACITY = _own("CTN-0001", "Lung opacity")
 OVERALL = _own("CTN-0100", "Overall pathology assessment")
 OVERALL_RESULT = _own("CTN-0101", "Overall result")
 NEURAL_RESULT = _own("CTN-0102", "Neural network result")
@@ -125,7 +124,9 @@ CT_RATE_SNOMED = {
 
 # Values that once meant something else: never to be used again.
 RETIRED = {
+    "CTN-0001": "Lung opacity of the quantitative analyzer (now the label's CTRATE-11)",
     "CTN-0002": "Lung nodule candidate (now SCT 27925004 Nodule)",
+    "CTRATE-10": "Lung nodule (now SCT 27925004 Nodule)",
     "SCORE": "Finding score (now CTN-0300)",
     "PROB": "Finding probability (now DCM 122157)",
 }
@@ -145,7 +146,7 @@ def table() -> list[Entry]:
 
     rows: list[Entry] = [Entry(c) for c in (LUNG, LEFT, RIGHT, UPPER_ZONE, MIDDLE_ZONE)]
     rows += [Entry(c) for c in (LOWER_ZONE, PRESENT, ABSENT, CENTER, PROCEDURE_CT)]
-    rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, LUNG_OPACITY, OVERALL)]
+    rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, OVERALL)]
     rows += [Entry(c) for c in (OVERALL_RESULT, NEURAL_RESULT, NOT_RUN)]
     rows += [Entry(PROBABILITY, "{probability}"), Entry(SCORE, "{score}")]
     rows += [Entry(THRESHOLD, "unit of the measure")]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from inference import codes
-from inference.findings import Analysis, AnalyzerResult, Finding, Fusion, Measurement
+from inference.findings import Analysis, AnalyzerResult, Finding, Fusion, Measurement, label_code
 from inference.volume import Volume
 
 EMPHYSEMA = codes.EMPHYSEMA
 NODULE = codes.NODULE
-OPACITY = codes.LUNG_OPACITY
+OPACITY = label_code("Lung opacity")
 CONSOLIDATION = codes.CONSOLIDATION
 
 

@@ -299,4 +299,5 @@ def _key_slice(mask: npt.NDArray[np.bool_]) -> int | None:
 
 
 def _pick(measurements: tuple[Measurement, ...], *names: str) -> tuple[Measurement, ...]:
-    return tuple(m for m in measurements if m.name in names)
+    """The named measurements in the order named (the report shows the first one first)."""
+    return tuple(m for name in names for m in measurements if m.name == name)
