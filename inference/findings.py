@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from inference import codes
-from inference.codes import PRIVATE_SCHEME, Code
+from inference.codes import PRIVATE_SCHEME as PRIVATE_SCHEME
+from inference.codes import Code as Code
 
 CT_RATE_LABELS: tuple[str, ...] = (
     "Medical material",

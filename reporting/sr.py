@@ -25,8 +25,10 @@ import contourpy
 import numpy as np
 import numpy.typing as npt
 from highdicom.sr import (
+    AlgorithmIdentification,
     CodedConcept,
     Comprehensive3DSR,
+    ContainerContentItem,
     DeviceObserverIdentifyingAttributes,
     ImageRegion,
     LanguageOfContentItemAndDescendants,
@@ -72,7 +74,7 @@ def _tracking(identifier: str, seed: Seed) -> TrackingIdentifier:
     )
 
 
-def _algorithm(result: AnalyzerResult) -> tid.AlgorithmIdentification:
+def _algorithm(result: AnalyzerResult) -> AlgorithmIdentification:
     params = [f"weights_sha256={h}" for h in result.weights_sha256]
     return tid.tid4019_algorithm(result.analyzer, result.version, params)
 
@@ -152,17 +154,8 @@ def _region_measure(result: AnalyzerResult, name: str, region: str) -> FindingMe
     return next((m for m in result.measurements if m.name == name and m.region == region), None)
 
 
-# The lung-wide groups of the quantitative analysis: (finding label, measurement names).
-LUNG_FINDINGS = {
-    "Emphysema": ("LAA%-950", "Perc15"),
-    "Lung opacity": (
-        "Percentage of opacity",
-        "Ground-glass range",
-        "Ground-glass range volume",
-        "Vessel volume",
-    ),
-    "Consolidation": ("Consolidation range", "Consolidation range volume"),
-}
+# The lung-wide findings of the quantitative analysis, drawn as lung outlines.
+LUNG_FINDINGS = ("Emphysema", "Lung opacity", "Consolidation")
 LUNG_SIDES = (("both lungs", None), ("left lung", codes.LEFT), ("right lung", codes.RIGHT))
 
 
@@ -184,8 +177,7 @@ def _lung_groups(result: AnalyzerResult, regions: _Regions, seed: Seed) -> list[
                 tid.tid1501_lung_group(codes.LUNG, tracking, algorithm, numbers, outlines, side)
             )
     for index, finding in enumerate(result.findings):
-        names = LUNG_FINDINGS.get(finding.label)
-        if names is None or finding.location is not None:
+        if finding.label not in LUNG_FINDINGS or finding.location is not None:
             continue
         z = finding.key_slice if finding.key_slice is not None else regions.largest_slice(None)
         outlines = regions.outlines(z, _sides_of(finding, regions, z))
@@ -237,7 +229,7 @@ def _fusion_text(analysis: Analysis) -> str:
     return text
 
 
-def _qualitative(analysis: Analysis, drawn: set[str]) -> tid.ContainerContentItem:
+def _qualitative(analysis: Analysis, drawn: set[str]) -> ContainerContentItem:
     """Presence of every finding, then the overall result, the scores of the findings no
     group holds (the neural networks'), and the analyzers that did not run."""
     evaluations: list[tuple[Code, bool]] = [(codes.OVERALL, analysis.fusion.pathology)]

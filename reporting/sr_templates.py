@@ -43,6 +43,7 @@ from highdicom.sr import (
     VolumetricROIMeasurementsAndQualitativeEvaluations,
 )
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
 from inference import codes
 from inference.codes import Code
@@ -234,5 +235,5 @@ def tid1500_qualitative_evaluations(
         )
         for code, text in texts
     ]
-    container.ContentSequence = items
+    container.ContentSequence = DicomSequence(items)
     return container

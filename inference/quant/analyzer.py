@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from inference.features import Feature, FeatureSet
 from inference import codes
+from inference.features import Feature, FeatureSet
 from inference.findings import AnalyzerResult, Code, Finding, Measurement, label_code
 from inference.quant import densitometry, nodules
 from inference.quant.segmentation import LungMasks, segment
@@ -170,6 +170,7 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
                 "Percentage of opacity",
                 "Ground-glass range",
                 "Ground-glass range volume",
+                "Vessel volume",
             ),
         ),
         _finding(
