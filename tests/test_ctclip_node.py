@@ -96,7 +96,7 @@ def test_registered_checkpoints_join_the_ensemble(store: Path, volume: Volume) -
 
     # the node's schema covers all three, and nothing is NaN for a series they all scored
     schema = built.feature_schema()
-    assert schema.version == "quantitative-1+ctclip-1+ctclip-supervised-1"
+    assert schema.version == "quantitative-2+ctclip-1+ctclip-supervised-1"
     row = schema.vector(analysis.results)
     names = schema.names
     neural = [i for i, n in enumerate(names) if n.startswith("ctclip")]
@@ -372,7 +372,7 @@ def test_feature_extraction_with_ctclip_caches_each_analyzer(store: Path, tmp_pa
     units = [Unit("a", path=tmp_path / "a"), Unit("b", path=tmp_path / "b")]
     table, summary = extract(units, _settings(store), cache_dir=tmp_path / "cache", jobs=2)
     assert summary.analysed == 2
-    assert table.schema.version == "quantitative-1+ctclip-1+ctclip-supervised-1"
+    assert table.schema.version == "quantitative-2+ctclip-1+ctclip-supervised-1"
     column = table.schema.names.index(feature_name("ctclip-supervised", "Consolidation"))
     assert not np.isnan(table.values[:, column]).any()
     assert len(list((tmp_path / "cache").glob("*.json"))) == 6  # 2 series x 3 analyzers
