@@ -224,7 +224,8 @@ def _fusion_text(analysis: Analysis) -> str:
         text += "; weights sha256 " + ", ".join(fusion.weights_sha256)
     if fusion.top_features:
         text += "; largest SHAP contributions (log-odds): " + ", ".join(
-            f"{name} = {value:.4g} ({shap:+.3f})" for name, value, shap in fusion.top_features
+            f"{name} = {'missing' if math.isnan(value) else f'{value:.4g}'} ({shap:+.3f})"
+            for name, value, shap in fusion.top_features
         )
     return text
 

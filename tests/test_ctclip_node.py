@@ -142,8 +142,16 @@ def test_outputs_carry_the_ctclip_results(
     values = {
         str(e.value) for e in pydicom.dcmread(out.sr).iterall() if e.keyword in _TEXT_KEYWORDS
     }
-    assert {"ctclip/Lung nodule#9", "ctclip-supervised/Emphysema#7"} <= values
-    assert "not_run=fvlm: no weights registered in the manifest" in values
+    # the neural scores are text in the report's Qualitative Evaluations (no image shows
+    # them), each with the model that gave it; each label is also present or absent (CODE)
+    nodule = zero_shot.findings[9]
+    assert (
+        f"Lung nodule: {nodule.score:.2f} (score, not calibrated, present at 0.5; "
+        f"ctclip {zero_shot.version})"
+    ) in values
+    emphysema = analysis.results[2].findings[7]
+    assert any(v.startswith(f"Emphysema: {emphysema.score:.2f} (") for v in values)
+    assert "fvlm: no weights registered in the manifest" in values
     assert "60046008" in values  # Pleural effusion, coded in SNOMED CT
     problems = dciodvfy(out.sr)
     if problems is not None:

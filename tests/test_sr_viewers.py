@@ -72,6 +72,9 @@ def _ohif_modules() -> Path:
     """tests/ohif/node_modules from the committed lock file, installed once per lock."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm (Debian nodejs, npm) not installed: make tools")
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+    if int(version.stdout.strip().lstrip("v").split(".")[0] or 0) < 18:
+        pytest.skip(f"node {version.stdout.strip()} is older than 18, which OHIF's code needs")
     lock = hashlib.sha256((OHIF / "package-lock.json").read_bytes()).hexdigest()
     stamp = OHIF / "node_modules" / ".ctnode-lock-sha256"
     if not stamp.is_file() or stamp.read_text().strip() != lock:

@@ -40,8 +40,14 @@ const anything = new Proxy(function () {}, {
 });
 const stubs = new Set(['react', '@ohif/ui-next', '@ohif/i18n', '@ohif/extension-cornerstone',
   '@ohif/core/src/contextProviders/SystemProvider', 'classnames', 'prop-types']);
+// cornerstone's packages are ES modules: imported once (Node 18 cannot require them) and
+// handed to the UMD bundles of OHIF that require them.
+const esm = new Map();
+const ESM_PACKAGES = ['@cornerstonejs/core', '@cornerstonejs/tools', '@cornerstonejs/adapters',
+  '@cornerstonejs/metadata', '@cornerstonejs/utils'];
 const load = Module._load;
 Module._load = function (request, parent, isMain) {
+  if (esm.has(request)) return esm.get(request);
   if (stubs.has(request)) {
     if (request === '@ohif/i18n') return { __esModule: true, default: { t: (s) => s } };
     return anything;
@@ -49,11 +55,16 @@ Module._load = function (request, parent, isMain) {
   return load.call(this, request, parent, isMain);
 };
 
-const dcmjs = require('dcmjs');
-const ohif = require('@ohif/core');
-const cornerstone = require('@cornerstonejs/core');
-const tools = require('@cornerstonejs/tools');
-const srExtension = require('@ohif/extension-cornerstone-dicom-sr').default;
+let dcmjs, ohif, cornerstone, tools, srExtension;
+
+async function loadPackages() {
+  for (const name of ESM_PACKAGES) esm.set(name, await import(name));
+  dcmjs = require('dcmjs');
+  ohif = require('@ohif/core');
+  cornerstone = esm.get('@cornerstonejs/core');
+  tools = esm.get('@cornerstonejs/tools');
+  srExtension = require('@ohif/extension-cornerstone-dicom-sr').default;
+}
 
 function readInstance(file) {
   const bytes = fs.readFileSync(file);
@@ -63,6 +74,7 @@ function readInstance(file) {
 }
 
 async function main() {
+  await loadPackages();
   const [srFile, ctFolder] = process.argv.slice(2);
   const { DicomMetadataStore, classes, utils } = ohif;
   const { MetadataProvider, ImageSet } = classes;
