@@ -68,7 +68,7 @@ CONSOLIDATION = _sct("95436008", "Lung consolidation")
 NODULE = _sct("27925004", "Nodule")
 OVERALL = _own("CTN-0100", "Overall pathology assessment")
 OVERALL_RESULT = _own("CTN-0101", "Overall result")
-NEURAL_RESULT = _own("CTN-0102", "Neural network result")
+FINDING_RESULT = _own("CTN-0102", "Finding result")
 NOT_RUN = _own("CTN-0103", "Analyzer not run")
 
 # Measurement concepts (values with UCUM units).
@@ -147,7 +147,7 @@ def table() -> list[Entry]:
     rows: list[Entry] = [Entry(c) for c in (LUNG, LEFT, RIGHT, UPPER_ZONE, MIDDLE_ZONE)]
     rows += [Entry(c) for c in (LOWER_ZONE, PRESENT, ABSENT, CENTER, PROCEDURE_CT)]
     rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, OVERALL)]
-    rows += [Entry(c) for c in (OVERALL_RESULT, NEURAL_RESULT, NOT_RUN)]
+    rows += [Entry(c) for c in (OVERALL_RESULT, FINDING_RESULT, NOT_RUN)]
     rows += [Entry(PROBABILITY, "{probability}"), Entry(SCORE, "{score}")]
     rows += [Entry(THRESHOLD, "unit of the measure")]
     rows += list(MEASUREMENTS.values())

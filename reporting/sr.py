@@ -159,11 +159,14 @@ LUNG_FINDINGS = ("Emphysema", "Lung opacity", "Consolidation")
 LUNG_SIDES = (("both lungs", None), ("left lung", codes.LEFT), ("right lung", codes.RIGHT))
 
 
-def _lung_groups(result: AnalyzerResult, regions: _Regions, seed: Seed) -> list[Group]:
+def _lung_groups(
+    result: AnalyzerResult, regions: _Regions, seed: Seed
+) -> tuple[list[Group], set[str]]:
     """TID 1501 groups for one analyzer's lung-wide results, where an outline can be drawn:
     one per lung region (volume, mean density, percentage of opacity) and one per finding
-    (its measures over both lungs, its score and threshold)."""
+    (its measures over both lungs, its score and threshold), and the findings so drawn."""
     groups: list[Group] = []
+    drawn: set[str] = set()
     algorithm = _algorithm(result)
     for region, side in LUNG_SIDES:
         names = ("Lung volume", "Mean lung density", "Percentage of opacity")
@@ -177,7 +180,8 @@ def _lung_groups(result: AnalyzerResult, regions: _Regions, seed: Seed) -> list[
                 tid.tid1501_lung_group(codes.LUNG, tracking, algorithm, numbers, outlines, side)
             )
     for index, finding in enumerate(result.findings):
-        if finding.label not in LUNG_FINDINGS or finding.location is not None:
+        lung_wide = finding.label in LUNG_FINDINGS and finding.location is None
+        if not lung_wide or not finding.measurements:
             continue
         z = finding.key_slice if finding.key_slice is not None else regions.largest_slice(None)
         outlines = regions.outlines(z, _sides_of(finding, regions, z))
@@ -189,7 +193,8 @@ def _lung_groups(result: AnalyzerResult, regions: _Regions, seed: Seed) -> list[
         numbers += tid.threshold_measurement(finding.threshold)
         tracking = _tracking(f"{result.analyzer}/{finding.label}#{index}", seed)
         groups.append(tid.tid1501_lung_group(finding.code, tracking, algorithm, numbers, outlines))
-    return groups
+        drawn.add(f"{result.analyzer}/{finding.label}")
+    return groups, drawn
 
 
 def _sides_of(finding: Finding, regions: _Regions, z: int | None) -> list[Code]:
@@ -231,34 +236,35 @@ def _fusion_text(analysis: Analysis) -> str:
 
 
 def _qualitative(analysis: Analysis, drawn: set[str]) -> ContainerContentItem:
-    """Presence of every finding, then the overall result, the scores of the findings no
-    group holds (the neural networks'), and the analyzers that did not run."""
+    """Presence of every finding (located ones once per analyzer and finding type), then
+    the overall result, the scores of the findings no group holds (the neural networks',
+    a nodule search that found no candidate), and the analyzers that did not run."""
     evaluations: list[tuple[Code, bool]] = [(codes.OVERALL, analysis.fusion.pathology)]
     texts: list[tuple[Code, str]] = [(codes.OVERALL_RESULT, _fusion_text(analysis))]
-    nodules_present: bool | None = None
+    located: dict[tuple[str, Code], bool] = {}
     for result in analysis.results:
         for finding in result.findings:
-            if finding.label == "Lung nodule" and result.analyzer == "quantitative":
-                nodules_present = bool(nodules_present) or finding.present
+            if finding.location is not None:
+                key = (result.analyzer, finding.code)
+                located[key] = located.get(key, False) or finding.present
                 continue
             evaluations.append((finding.code, finding.present))
             if f"{result.analyzer}/{finding.label}" in drawn or finding.score is None:
                 continue
             kind = "probability" if finding.calibrated else "score, not calibrated"
-            threshold = (
-                f", present at {finding.threshold.value:g}"
-                if finding.threshold
-                else ", present at 0.5"
-            )
+            at = "0.5"
+            if finding.threshold is not None:
+                unit = finding.threshold.unit
+                at = f"{finding.threshold.value:g}{'' if unit in ('%', '1') else ' '}"
+                at += "" if unit == "1" else unit
             texts.append(
                 (
-                    codes.NEURAL_RESULT,
-                    f"{finding.label}: {finding.score:.2f} ({kind}{threshold}; "
+                    codes.FINDING_RESULT,
+                    f"{finding.label}: {finding.score:.2f} ({kind}, present at {at}; "
                     f"{result.analyzer} {result.version})",
                 )
             )
-    if nodules_present is not None:
-        evaluations.insert(1, (codes.NODULE, nodules_present))
+    evaluations[1:1] = [(code, present) for (_, code), present in located.items()]
     texts += [(codes.NOT_RUN, f"{name}: {why}") for name, why in analysis.not_run]
     return tid.tid1500_qualitative_evaluations(evaluations, texts)
 
@@ -350,10 +356,9 @@ def build_sr(
                     finding, tracking, _algorithm(result), circle, volume.frame_of_reference_uid
                 )
             )
-        lung_groups = _lung_groups(result, regions, seed)
+        lung_groups, lung_drawn = _lung_groups(result, regions, seed)
         groups += lung_groups
-        if lung_groups:
-            drawn |= {f"{result.analyzer}/{f.label}" for f in result.findings}
+        drawn |= lung_drawn
     library = [regions.by_uid[uid] for uid in regions.used] or list(sources[:1])
     report = MeasurementReport(
         observation_context=context,

@@ -62,7 +62,13 @@ def make_analysis(volume: Volume) -> Analysis:
                     Measurement("Ground-glass range volume", 15.0, "mL", region="both lungs"),
                 ),
             ),
-            Finding(label="Consolidation", code=CONSOLIDATION, analyzer="density", score=0.05),
+            Finding(
+                label="Consolidation",
+                code=CONSOLIDATION,
+                analyzer="density",
+                score=0.05,
+                measurements=(Measurement("Consolidation range", 0.3, "%", region="both lungs"),),
+            ),
         ),
     )
     nodules = AnalyzerResult(
