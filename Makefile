@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium
+APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test test-all lint tools bench fuzz clean
+.PHONY: run test test-all lint tools ohif bench fuzz clean
 
 run: $(STAMP)
 	$(BIN)/ctnode serve $(ARGS)
@@ -30,13 +30,27 @@ bench: $(STAMP) tools
 	$(BIN)/python benchmarks/ingest.py --bare
 
 # DCMTK (storescu/storescp, dsrdump) and dicom3tools (dciodvfy) are real peers and
-# validators in the tests; install them when we can, otherwise those tests skip with a reason.
+# validators in the tests, as are Pixelmed's SR validator (Java) and OHIF's SR extension
+# (Node, npm: tests/ohif); install them when we can, otherwise those tests skip with a reason.
+# npm comes with some nodejs builds (NodeSource's): Debian's npm only where it does not.
 tools:
-	@missing=""; for t in storescu storescp dciodvfy Orthanc chromium; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in storescu storescp dciodvfy Orthanc chromium java node npm; do command -v $$t >/dev/null || missing=1; done; \
+	[ -f /usr/share/java/pixelmed.jar ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
-	  else echo "note: install $(APT_PACKAGES) (apt) for the DCMTK/dciodvfy tests"; fi; \
+	    command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else echo "note: install $(APT_PACKAGES) npm (apt) for the DCMTK/dciodvfy/Pixelmed/OHIF tests"; fi; \
+	fi
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory ohif; fi
+
+# OHIF's SR extension and its dependencies, exact versions from tests/ohif/package-lock.json,
+# installed once per lock file (the test does the same when they are missing).
+OHIF_STAMP := tests/ohif/node_modules/.ctnode-lock-sha256
+ohif:
+	@lock=$$(sha256sum tests/ohif/package-lock.json | cut -d' ' -f1); \
+	if [ "$$(cat $(OHIF_STAMP) 2>/dev/null)" != "$$lock" ]; then \
+	  (cd tests/ohif && npm ci --no-audit --no-fund --loglevel=error) && echo "$$lock" > $(OHIF_STAMP); \
 	fi
 
 $(STAMP): pyproject.toml
@@ -49,4 +63,4 @@ $(STAMP): pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/ohif/node_modules

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from inference import codes
+from inference.codes import PRIVATE_SCHEME as PRIVATE_SCHEME
+from inference.codes import Code as Code
+
 CT_RATE_LABELS: tuple[str, ...] = (
     "Medical material",
     "Arterial wall calcification",
@@ -35,38 +39,13 @@ CT_RATE_LABELS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Code:
-    """A coded concept (value, scheme designator, meaning), e.g. SNOMED CT or DCM."""
-
-    value: str
-    scheme: str
-    meaning: str
-
-
-# Codes of the shared vocabulary: SNOMED CT where one names the finding, else a private
-# code of ctnode's scheme (declared in every SR's Coding Scheme Identification Sequence).
-_SNOMED = {
-    "Cardiomegaly": ("8186001", "Cardiomegaly"),
-    "Pericardial effusion": ("373945007", "Pericardial effusion"),
-    "Hiatal hernia": ("84089009", "Hiatal hernia"),
-    "Lymphadenopathy": ("30746006", "Lymphadenopathy"),
-    "Emphysema": ("87433001", "Pulmonary emphysema"),
-    "Atelectasis": ("46621007", "Atelectasis"),
-    "Pleural effusion": ("60046008", "Pleural effusion"),
-    "Consolidation": ("95436008", "Lung consolidation"),
-    "Bronchiectasis": ("12295008", "Bronchiectasis"),
-}
-PRIVATE_SCHEME = "99CTNODE"
-
-
 def label_code(label: str) -> Code:
-    """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``."""
+    """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``
+    (``inference.codes`` holds every code ctnode writes)."""
     if label not in CT_RATE_LABELS:
         raise ValueError(f"{label!r} is not a CT-RATE label")
-    if label in _SNOMED:
-        value, meaning = _SNOMED[label]
-        return Code(value, "SCT", meaning)
+    if label in codes.CT_RATE_SNOMED:
+        return codes.CT_RATE_SNOMED[label]
     return Code(f"CTRATE-{CT_RATE_LABELS.index(label) + 1:02d}", PRIVATE_SCHEME, label)
 
 
@@ -88,6 +67,9 @@ class Finding:
     ``score`` is in [0, 1]; ``calibrated`` says whether it is a probability or a
     rule-based score. ``location`` is a point in patient coordinates (LPS, mm), e.g. a
     nodule centre; ``key_slice`` the z index of the volume that shows the finding best.
+    ``threshold`` is the value at which the finding counts as present (of the score, or of
+    the measurement the score is made from); ``laterality`` and ``zone`` place a located
+    finding in the lungs (codes of ``inference.codes``).
     """
 
     label: str
@@ -100,6 +82,9 @@ class Finding:
     key_slice: int | None = None
     location: tuple[float, float, float] | None = None
     description: str = ""
+    threshold: Measurement | None = None
+    laterality: Code | None = None
+    zone: Code | None = None
 
     def __post_init__(self) -> None:
         if self.score is not None and not 0.0 <= self.score <= 1.0:

@@ -1,8 +1,9 @@
 """Key slices in lung window with overlays, rendered as RGB for Secondary Capture.
 
 Lung window W 1500 / L -600; lung contour green, emphysema blue, ground glass yellow,
-consolidation orange; nodule candidates circled with labels; 50 mm scale bar; orientation
-letters from the volume's affine (DICOM LPS).
+consolidation orange (vessels are not in the opacity overlays: ``densitometry.excluded``);
+nodule candidates circled with labels; a legend of the overlays shown; 50 mm scale bar;
+orientation letters from the volume's affine (DICOM LPS).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from inference.volume import Volume
 
 WINDOW, LEVEL = 1500.0, -600.0
 WIDTH = 768
+LEGEND = {
+    "emphysema": "emphysema (< -950 HU)",
+    "ground_glass": "ground glass (-700 to -300 HU, no vessels)",
+    "consolidation": "consolidation (-300 to +50 HU, no vessels)",
+}
 COLOURS: dict[str, tuple[int, int, int]] = {
     "emphysema": (60, 140, 255),
     "ground_glass": (255, 230, 0),
@@ -79,8 +85,12 @@ def key_image(analysis: Analysis, volume: Volume, z: int) -> npt.NDArray[np.uint
         px, py = (x + 0.5) * dx * scale, (y + 0.5) * dy * scale
         r = 28
         draw.ellipse([px - r, py - r, px + r, py + r], outline=(255, 40, 40), width=3)
+        kind = "p" if f.calibrated else "score"
         draw.text(
-            (px + r + 4, py - r), f"{f.label} {f.score or 0:.2f}", font=font, fill=(255, 40, 40)
+            (px + r + 4, py - r),
+            f"{f.label} {kind} {f.score or 0:.2f}",
+            font=font,
+            fill=(255, 40, 40),
         )
     bar = 50.0 * scale
     draw.line([(20, size[1] - 30), (20 + bar, size[1] - 30)], fill=(255, 255, 255), width=4)
@@ -98,4 +108,22 @@ def key_image(analysis: Analysis, volume: Volume, z: int) -> npt.NDArray[np.uint
     draw.text(
         (size[0] - 200, 8), f"slice {z + 1}/{volume.shape[0]}", font=font, fill=(255, 255, 255)
     )
+    _legend(draw, analysis, z)
     return np.asarray(image, dtype=np.uint8)
+
+
+def _legend(draw: ImageDraw.ImageDraw, analysis: Analysis, z: int) -> None:
+    """One line per overlay drawn on this slice, in its colour (top left)."""
+    small = ImageFont.load_default(size=18)
+    y = 8
+    if any(name in analysis.masks for name in LUNG_MASKS):
+        draw.text((10, y), "lung contour", font=small, fill=CONTOUR)
+        y += 22
+    for name, mask in analysis.masks.items():
+        if name in LUNG_MASKS or not mask[z].any():
+            continue
+        draw.rectangle([10, y + 4, 24, y + 18], fill=COLOURS.get(name, OTHER))
+        draw.text(
+            (30, y), LEGEND.get(name, name.replace("_", " ")), font=small, fill=(255, 255, 255)
+        )
+        y += 22

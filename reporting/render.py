@@ -111,24 +111,23 @@ def summary_page(
     big = ImageFont.load_default(size=34)
     font = ImageFont.load_default(size=22)
     fusion = analysis.fusion
-    verdict = "PATHOLOGY SUSPECTED" if fusion.pathology else "No pathology detected"
     draw.text((40, 30), "ctnode chest CT AI summary", font=big, fill=TEXT)
-    draw.text(
-        (40, 90),
-        f"{verdict}  ({'p' if fusion.calibrated else 'rule-based score'} = "
-        f"{fusion.probability_of_pathology:.2f}; "
-        f"most relevant: {fusion.most_dangerous_pathology_type or '-'})",
-        font=font,
-        fill=ALERT if fusion.pathology else TEXT,
-    )
-    y = 128
+    y = 90
+    for line in verdict_lines(analysis):
+        draw.text((40, y), line[:84], font=font, fill=ALERT if fusion.pathology else TEXT)
+        y += 30
+    lungs = lungs_line(analysis)
+    if lungs:
+        draw.text((40, y), lungs[:84], font=font, fill=TEXT)
+        y += 30
+    y += 4
     small = ImageFont.load_default(size=17)
     for line in neural_lines(analysis):
         draw.text((40, y), line, font=small, fill=TEXT)
         y += 22
-    y = max(y + 8, 150)
-    columns = (40, 330, 450)
-    for x, title in zip(columns, ("Finding", "Score", "Measurements"), strict=True):
+    y = max(y + 8, 180)
+    columns = (40, 300, 490)
+    for x, title in zip(columns, ("Finding", "Score (present at)", "Measurements"), strict=True):
         draw.text((x, y), title, font=font, fill=TEXT)
     y += 34
     for finding in (f for f in analysis.findings if f.analyzer not in NEURAL_TITLES):
@@ -136,12 +135,15 @@ def summary_page(
             break
         colour = ALERT if finding.present else TEXT
         score = "-" if finding.score is None else f"{finding.score:.2f}"
+        if finding.threshold is not None:
+            unit = _display_unit(finding.threshold.unit)
+            score += f" (>{finding.threshold.value:g}{'' if unit == '%' else ' '}{unit})"
         draw.text((columns[0], y), finding.label[:24], font=font, fill=colour)
         draw.text((columns[1], y), score, font=font, fill=colour)
         for m in finding.measurements or ():
             draw.text(
                 (columns[2], y),
-                f"{m.name} {m.value:.4g} {_display_unit(m.unit)}"[:44],
+                f"{m.name} {m.value:.4g} {_display_unit(m.unit)}"[:40],
                 font=font,
                 fill=colour,
             )
@@ -160,6 +162,50 @@ def summary_page(
     draw.text((40, PAGE[1] - 115), f"Why: {selection_reason[:80]}", font=font, fill=TEXT)
     draw.text((40, PAGE[1] - 60), DISCLAIMER, font=font, fill=ALERT)
     return np.asarray(image, dtype=np.uint8)
+
+
+def verdict_lines(analysis: Analysis) -> list[str]:
+    """The overall result with the finding its number comes from, then the most relevant
+    finding when that is another one (the rule-based fusion's number is the highest score,
+    its most relevant finding the most severe one present): neither reads as the other's."""
+    fusion = analysis.fusion
+    verdict = "PATHOLOGY SUSPECTED" if fusion.pathology else "No pathology detected"
+    kind = "probability" if fusion.calibrated else "score (not calibrated)"
+    scored = [f for f in analysis.findings if f.score is not None]
+    top = max(scored, key=lambda f: float(f.score or 0.0), default=None)
+    first = f"{verdict}: {kind} {fusion.probability_of_pathology:.2f}"
+    if top is not None and math.isclose(float(top.score or 0.0), fusion.probability_of_pathology):
+        first += f", from {top.label}"
+    lines = [first]
+    relevant = fusion.most_dangerous_pathology_type
+    if relevant and (top is None or relevant != top.label):
+        score = next((f.score for f in scored if f.label == relevant), None)
+        lines.append(
+            f"Most relevant finding: {relevant}"
+            + (f" (score {score:.2f})" if score is not None else "")
+        )
+    return lines
+
+
+def lungs_line(analysis: Analysis) -> str:
+    """Lung volumes (both, left, right) and mean lung density, from the analysis that
+    measured them."""
+    found: dict[tuple[str, str], float] = {}
+    for result in analysis.results:
+        for m in result.measurements:
+            if m.name in ("Lung volume", "Mean lung density"):
+                found.setdefault((m.name, m.region), m.value)
+    total = found.get(("Lung volume", "both lungs"))
+    if total is None:
+        return ""
+    line = f"Lungs {total:.0f} mL"
+    left, right = found.get(("Lung volume", "left lung")), found.get(("Lung volume", "right lung"))
+    if left is not None and right is not None:
+        line += f" (left {left:.0f}, right {right:.0f})"
+    density = found.get(("Mean lung density", "both lungs"))
+    if density is not None:
+        line += f", mean density {density:.0f} HU"
+    return line
 
 
 def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:

@@ -64,9 +64,11 @@ def _page(
         patient_orientation=("L", "P"),
     )
     sc.BurnedInAnnotation = "YES"
-    # Type 2C (General Series): dciodvfy errors when absent and warns when empty; empty is
-    # the lesser issue (the chest is unpaired) and the one accepted dciodvfy warning here.
-    sc.Laterality = ""
+    # The chest is not a paired structure: Image Laterality U (unpaired, PS3.3 C.7.6.1.1.2)
+    # says so, and Laterality (General Series, type 2C, required only without it) stays out.
+    if "Laterality" in sc:
+        del sc.Laterality
+    sc.ImageLaterality = "U"
     sc.SeriesDescription = description
     charset = ref.get("SpecificCharacterSet")
     if charset:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from inference.findings import Analysis, AnalyzerResult, Code, Finding, Fusion, Measurement
+import numpy as np
+
+from inference import codes
+from inference.findings import Analysis, AnalyzerResult, Finding, Fusion, Measurement, label_code
 from inference.volume import Volume
 
-EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
-NODULE = Code("427359005", "SCT", "Solitary nodule of lung")
-OPACITY = Code("263714004", "SCT", "Ground glass opacity")
-CONSOLIDATION = Code("95436008", "SCT", "Lung consolidation")
+EMPHYSEMA = codes.EMPHYSEMA
+NODULE = codes.NODULE
+OPACITY = label_code("Lung opacity")
+CONSOLIDATION = codes.CONSOLIDATION
+
+
+def lung_masks(volume: Volume) -> dict[str, np.ndarray]:
+    """Two elliptic 'lungs' either side of the middle, on every slice."""
+    _, rows, columns = volume.shape
+    y, x = np.mgrid[0:rows, 0:columns]
+    masks = {}
+    for name, cx in (("lung_right", columns * 0.3), ("lung_left", columns * 0.7)):
+        inside = ((x - cx) / (columns * 0.17)) ** 2 + ((y - rows / 2) / (rows * 0.35)) ** 2 < 1
+        masks[name] = np.repeat(inside[None], volume.shape[0], axis=0)
+    return masks
 
 
 def make_analysis(volume: Volume) -> Analysis:
@@ -19,6 +33,12 @@ def make_analysis(volume: Volume) -> Analysis:
         analyzer="density",
         version="1.2.0",
         weights_sha256=(),
+        measurements=(
+            Measurement("Lung volume", 4100.0, "mL", region="both lungs"),
+            Measurement("Lung volume", 1900.0, "mL", region="left lung"),
+            Measurement("Lung volume", 2200.0, "mL", region="right lung"),
+            Measurement("Mean lung density", -820.0, "[hnsf'U]", region="both lungs"),
+        ),
         findings=(
             Finding(
                 label="Emphysema",
@@ -28,19 +48,27 @@ def make_analysis(volume: Volume) -> Analysis:
                 present=True,
                 key_slice=z,
                 measurements=(
-                    Measurement("LAA-950", 12.4, "%"),
-                    Measurement("Emphysema volume", 310.5, "mL"),
-                    Measurement("Perc15", -948.0, "[hnsf'U]"),
+                    Measurement("LAA%-950", 12.4, "%", region="both lungs"),
+                    Measurement("Perc15", -948.0, "[hnsf'U]", region="both lungs"),
                 ),
+                threshold=Measurement("Emphysema threshold", 6.0, "%"),
             ),
             Finding(
                 label="Lung opacity",
                 code=OPACITY,
                 analyzer="density",
                 score=0.2,
-                measurements=(Measurement("Ground-glass volume", 15.0, "mL"),),
+                measurements=(
+                    Measurement("Ground-glass range volume", 15.0, "mL", region="both lungs"),
+                ),
             ),
-            Finding(label="Consolidation", code=CONSOLIDATION, analyzer="density", score=0.05),
+            Finding(
+                label="Consolidation",
+                code=CONSOLIDATION,
+                analyzer="density",
+                score=0.05,
+                measurements=(Measurement("Consolidation range", 0.3, "%", region="both lungs"),),
+            ),
         ),
     )
     nodules = AnalyzerResult(
@@ -58,6 +86,8 @@ def make_analysis(volume: Volume) -> Analysis:
                 key_slice=z,
                 location=centre,
                 measurements=(Measurement("Diameter", 7.5, "mm"),),
+                laterality=codes.LEFT,
+                zone=codes.UPPER_ZONE,
             ),
         ),
     )
@@ -73,4 +103,5 @@ def make_analysis(volume: Volume) -> Analysis:
         series_uid=volume.series_uid,
         results=(density, nodules),
         fusion=fusion,
+        masks=lung_masks(volume),
     )

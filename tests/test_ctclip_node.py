@@ -96,7 +96,7 @@ def test_registered_checkpoints_join_the_ensemble(store: Path, volume: Volume) -
 
     # the node's schema covers all three, and nothing is NaN for a series they all scored
     schema = built.feature_schema()
-    assert schema.version == "quantitative-1+ctclip-1+ctclip-supervised-1"
+    assert schema.version == "quantitative-2+ctclip-1+ctclip-supervised-1"
     row = schema.vector(analysis.results)
     names = schema.names
     neural = [i for i, n in enumerate(names) if n.startswith("ctclip")]
@@ -142,8 +142,16 @@ def test_outputs_carry_the_ctclip_results(
     values = {
         str(e.value) for e in pydicom.dcmread(out.sr).iterall() if e.keyword in _TEXT_KEYWORDS
     }
-    assert {"ctclip/Lung nodule#9", "ctclip-supervised/Emphysema#7"} <= values
-    assert "not_run=fvlm: no weights registered in the manifest" in values
+    # the neural scores are text in the report's Qualitative Evaluations (no image shows
+    # them), each with the model that gave it; each label is also present or absent (CODE)
+    nodule = zero_shot.findings[9]
+    assert (
+        f"Lung nodule: {nodule.score:.2f} (score, not calibrated, present at 0.5; "
+        f"ctclip {zero_shot.version})"
+    ) in values
+    emphysema = analysis.results[2].findings[7]
+    assert any(v.startswith(f"Emphysema: {emphysema.score:.2f} (") for v in values)
+    assert "fvlm: no weights registered in the manifest" in values
     assert "60046008" in values  # Pleural effusion, coded in SNOMED CT
     problems = dciodvfy(out.sr)
     if problems is not None:
@@ -372,7 +380,7 @@ def test_feature_extraction_with_ctclip_caches_each_analyzer(store: Path, tmp_pa
     units = [Unit("a", path=tmp_path / "a"), Unit("b", path=tmp_path / "b")]
     table, summary = extract(units, _settings(store), cache_dir=tmp_path / "cache", jobs=2)
     assert summary.analysed == 2
-    assert table.schema.version == "quantitative-1+ctclip-1+ctclip-supervised-1"
+    assert table.schema.version == "quantitative-2+ctclip-1+ctclip-supervised-1"
     column = table.schema.names.index(feature_name("ctclip-supervised", "Consolidation"))
     assert not np.isnan(table.values[:, column]).any()
     assert len(list((tmp_path / "cache").glob("*.json"))) == 6  # 2 series x 3 analyzers

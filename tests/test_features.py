@@ -29,7 +29,7 @@ def test_quantitative_analyzer_publishes_exactly_its_feature_set(tmp_path: Path)
     }
     schema = ensemble.feature_schema()
     row = schema.vector(analysis.results)
-    assert row.shape == (len(schema.names),) and schema.version == "quantitative-1"
+    assert row.shape == (len(schema.names),) and schema.version == "quantitative-2"
     opacity = schema.names.index("quant.both_lungs.ground_glass_range")
     assert row[opacity] > 0.1  # the 20 mm ground-glass lesion (4 mL) is measured
     # no nodule candidate: its diameter is missing (NaN), the count is a real 0

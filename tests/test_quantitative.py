@@ -147,7 +147,7 @@ def test_consolidation_at_the_lung_edge_stays_inside_the_lung(tmp_path: Path) ->
 
 def test_scores_are_monotone_and_fusion_orders_by_severity() -> None:
     rule = analyzer.RULES["Lung opacity"]
-    values = [rule.score(v) for v in (0, 10, 20, 30, 60)]
+    values = [rule.score(v) for v in (0, 2.5, 5, 10, 60)]
     assert values == sorted(values) and values[2] == pytest.approx(0.5)
     assert most_dangerous([]) == NO_PATHOLOGY
 

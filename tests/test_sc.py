@@ -22,8 +22,7 @@ def test_summary_sc(tmp_path: Path) -> None:
     out = tmp_path / "summary.sc.dcm"
     sc.save_as(out)
     assert dciodvfy(out) == []
-    # Accepted warning: empty Laterality (see reporting/sc.py); absent would be an error.
-    assert [w for w in dciodvfy_warnings(out) if "<Laterality>" not in w] == []
+    assert dciodvfy_warnings(out) == []
     back = pydicom.dcmread(out)
     assert back.BurnedInAnnotation == "YES"
     assert back.StudyInstanceUID == volume.study_uid
@@ -56,7 +55,7 @@ def test_key_image_sc(tmp_path: Path) -> None:
     out = tmp_path / "key-1.sc.dcm"
     scs[0].save_as(out)
     assert dciodvfy(out) == []
-    assert [w for w in dciodvfy_warnings(out) if "<Laterality>" not in w] == []
+    assert dciodvfy_warnings(out) == []
     pixels = pydicom.dcmread(out).pixel_array.astype(int)
     assert pixels.std() > 10
     green = (pixels[..., 1] > 200) & (pixels[..., 0] < 60) & (pixels[..., 2] < 60)

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from inference import codes
 from inference.findings import (
     Analysis,
 )
@@ -109,9 +110,21 @@ def test_sr_tree_has_every_finding(written: tuple[Path, Analysis, Volume]) -> No
     }
     for finding in analysis.findings:
         for m in finding.measurements:
-            assert (m.name, round(m.value, 3), m.unit) in got
+            assert (codes.measurement(m.name).code.meaning, round(m.value, 3), m.unit) in got
         if finding.score is not None:
-            assert any(v == round(finding.score, 3) and u == "1" for _, v, u in got)
+            unit = "{probability}" if finding.calibrated else "{score}"
+            assert any(v == round(finding.score, 3) and u == unit for _, v, u in got)
+    # the lung volumes (both, left, right) and the mean density; no unitless "1"
+    volumes = {v for name, v, u in got if name == "Volume" and u == "mL"}
+    assert {4100.0, 1900.0, 2200.0} <= volumes
+    assert ("Mean Attenuation Coefficient", -820.0, "[hnsf'U]") in got
+    assert all(u != "1" for _, _, u in got)
+    # a NUM carries no algorithm identification: that is once per group (TID 4019)
+    assert not any(
+        c.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Name"
+        for i in nums
+        for c in i.get("ContentSequence", [])
+    )
     trackers = [
         i.TextValue
         for i in items
@@ -124,10 +137,9 @@ def test_sr_tree_has_every_finding(written: tuple[Path, Analysis, Volume]) -> No
         if i.ValueType == "UIDREF"
         and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Unique Identifier"
     ]
-    # one group per finding, and one for the overall result (which fusion ran)
-    assert len(trackers) == len(analysis.findings) + 1 == len(set(trackers))
-    assert trackers[-1] == f"fusion/{analysis.fusion.method}"
-    assert len(tracking_uids) == len(set(tracking_uids)) == len(analysis.findings) + 1
+    # one group per finding and per lung region (both, left, right), each drawn on an image
+    assert len(trackers) == len(analysis.findings) + 3 == len(set(trackers))
+    assert len(tracking_uids) == len(set(tracking_uids)) == len(trackers)
     scoords = [i for i in items if i.ValueType == "SCOORD3D"]
     assert len(scoords) == 1
     assert scoords[0].ReferencedFrameOfReferenceUID == volume.frame_of_reference_uid
@@ -135,8 +147,17 @@ def test_sr_tree_has_every_finding(written: tuple[Path, Analysis, Volume]) -> No
     location = nodule.location
     assert location is not None
     assert np.allclose([float(v) for v in scoords[0].GraphicData], location, atol=1e-3)
-    codes = [i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"]
-    assert "Present" in codes and "Absent" in codes
+    circles = [i for i in items if i.ValueType == "SCOORD" and i.GraphicType == "CIRCLE"]
+    assert len(circles) == 1
+    image = circles[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert image == volume.slices[nodule.key_slice or 0].sop_instance_uid
+    centre, edge = np.array(circles[0].GraphicData, dtype=float).reshape(2, 2)
+    assert np.linalg.norm(edge - centre) * volume.spacing[2] == pytest.approx(7.5 / 2, rel=1e-3)
+    values = [i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"]
+    assert "Present" in values and "Absent" in values
+    assert "Left" in values and "Upper zone of lung" in values
+    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert any(t.startswith("Pathology suspected: 0.83") for t in texts)
     params = [
         i.TextValue
         for i in items

@@ -6,13 +6,16 @@ measurement, 0.5 at the stated threshold (monotone: more disease, higher score):
 
 - Emphysema: LAA%-950 (noise-corrected), threshold 6 %, width 1.5. Upper limit of normal
   5-6 % (Gevenois et al. 1996; Mets et al., Eur Radiol 2012;22:120).
-- Lung opacity: percentage of opacity (-700 to +50 HU), threshold 20 %, width 2. Above what
-  vessels and dependent density give in normal lungs with this range-based measure (about
-  13-14 % on the normal test CT, score 0.05); cf. Chaganti et al. 2020. The width is narrow
-  because the normal range is narrow: 6 points above the threshold is already extensive
-  airspace disease (the pneumonia test CT: 27 %, score 0.96).
-- Consolidation: consolidation range (-300 to +50 HU), threshold 4 %, width 0.8. Normal lungs
-  give 2-3 % (vessels, partial volume) with this range.
+- Lung opacity: percentage of opacity (-700 to +50 HU, vessels and the envelope's rim
+  excluded: ``densitometry.excluded``), threshold 5 %, width 1. With vessels counted the
+  normal test CT read 13 % and the threshold had to sit at 20 %; without them it reads about
+  3 % (dependent density and what the vessel filter misses) and the pneumonia CT about 9 %
+  (cf. Chaganti et al. 2020, where normal lungs score near 0 %). Provisional: set between
+  the two reference CTs, to be checked on a labelled set.
+- Consolidation: consolidation range (-300 to +50 HU, same exclusions), threshold 0.5 %,
+  width 0.1. Non-contrast vessels lie in this range, so with vessels counted normal lungs
+  gave 2-3 %; without them the normal CT gives about 0.2 % and the pneumonia CT about
+  0.85 %. Provisional like the opacity threshold.
 - Lung nodule: a candidate's diameter, threshold 6 mm, width 1.5. The Fleischner Society's
   follow-up threshold for solid nodules (MacMahon et al., Radiology 2017;284:228). Scaled
   by ``CANDIDATE_CONFIDENCE`` (0.9): a shape-filter candidate is not a confirmed nodule
@@ -30,19 +33,20 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from inference import codes
 from inference.features import Feature, FeatureSet
-from inference.findings import AnalyzerResult, Code, Finding, Measurement
+from inference.findings import AnalyzerResult, Code, Finding, Measurement, label_code
 from inference.quant import densitometry, nodules
-from inference.quant.segmentation import segment
+from inference.quant.segmentation import LungMasks, segment
 from inference.volume import Volume
 
 NAME = "quantitative"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
-EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")
-CONSOLIDATION = Code("95436008", "SCT", "Lung consolidation")
-LUNG_OPACITY = Code("CTN-0001", "99CTNODE", "Lung opacity")
-LUNG_NODULE = Code("CTN-0002", "99CTNODE", "Lung nodule candidate")
+EMPHYSEMA = label_code("Emphysema")
+CONSOLIDATION = label_code("Consolidation")
+LUNG_OPACITY = label_code("Lung opacity")
+LUNG_NODULE = label_code("Lung nodule")
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,19 @@ class Rule:
 
 RULES = {
     "Emphysema": Rule(6.0, 1.5),
-    "Lung opacity": Rule(20.0, 2.0),
-    "Consolidation": Rule(4.0, 0.8),
+    "Lung opacity": Rule(5.0, 1.0),
+    "Consolidation": Rule(0.5, 0.1),
     "Lung nodule": Rule(6.0, 1.5),
 }
+# the unit of the measurement each rule reads
+RULE_UNITS = {"Emphysema": "%", "Lung opacity": "%", "Consolidation": "%", "Lung nodule": "mm"}
 CANDIDATE_CONFIDENCE = 0.9
 
 # The features the fusion model reads: every densitometry measurement per region, then the
 # nodule candidates. Bump FEATURES_VERSION when a name or a meaning changes (not for a
 # change that only makes the same measurement faster): trained fusion models then refuse
 # to load until retrained.
-FEATURES_VERSION = "1"
+FEATURES_VERSION = "2"  # 2: vessels and the rim left out of the opacity ranges
 REGIONS = ("both lungs", "left lung", "right lung", "lower third", "middle third", "upper third")
 MEASUREMENT_LABELS: dict[str, str | None] = {
     "Lung volume": None,
@@ -81,6 +87,7 @@ MEASUREMENT_LABELS: dict[str, str | None] = {
     "Consolidation range volume": "Consolidation",
     "Consolidation range": "Consolidation",
     "Percentage of opacity": "Lung opacity",
+    "Vessel volume": None,
 }
 NODULE_FEATURES = (
     Feature("quant.nodule.max_diameter_mm", "Lung nodule", "mm"),
@@ -134,9 +141,10 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
         candidates = searching.result()
     lungs = masks.lungs
     emphysema = lungs & (values < densitometry.LAA_HU)
-    ggo = lungs & (values >= densitometry.GGO_RANGE[0]) & (values < densitometry.GGO_RANGE[1])
+    countable = lungs & ~density.excluded
+    ggo = countable & (values >= densitometry.GGO_RANGE[0]) & (values < densitometry.GGO_RANGE[1])
     consolidation = (
-        lungs
+        countable
         & (values >= densitometry.CONSOLIDATION_RANGE[0])
         & (values <= densitometry.CONSOLIDATION_RANGE[1])
     )
@@ -155,12 +163,14 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
             LUNG_OPACITY,
             total.opacity_percent,
             ggo | consolidation,
-            f"{total.opacity_percent:.1f} % of lung volume in the -700 to +50 HU range",
+            f"{total.opacity_percent:.1f} % of lung volume in the -700 to +50 HU range "
+            "(vessels excluded)",
             _pick(
                 total.measurements(),
                 "Percentage of opacity",
                 "Ground-glass range",
                 "Ground-glass range volume",
+                "Vessel volume",
             ),
         ),
         _finding(
@@ -168,10 +178,10 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
             CONSOLIDATION,
             total.consolidation_percent,
             consolidation,
-            f"{total.consolidation_ml:.0f} mL in the -300 to +50 HU range",
+            f"{total.consolidation_ml:.0f} mL in the -300 to +50 HU range (vessels excluded)",
             _pick(total.measurements(), "Consolidation range", "Consolidation range volume"),
         ),
-        *_nodule_findings(candidates),
+        *_nodule_findings(candidates, masks),
     ]
     measurements = tuple(m for region in density.regions.values() for m in region.measurements())
     features = {feature_name(m.region, m.name): float(m.value) for m in measurements}
@@ -201,7 +211,8 @@ def _finding(
     description: str,
     measurements: tuple[Measurement, ...],
 ) -> Finding:
-    score = RULES[label].score(value)
+    rule = RULES[label]
+    score = rule.score(value)
     return Finding(
         label=label,
         code=code,
@@ -212,10 +223,11 @@ def _finding(
         measurements=measurements,
         key_slice=_key_slice(mask),
         description=description + " (rule-based score)",
+        threshold=Measurement(f"{label} threshold", rule.threshold, RULE_UNITS[label]),
     )
 
 
-def _nodule_findings(candidates: list[nodules.NoduleCandidate]) -> list[Finding]:
+def _nodule_findings(candidates: list[nodules.NoduleCandidate], masks: LungMasks) -> list[Finding]:
     if not candidates:
         return [
             Finding(
@@ -246,9 +258,39 @@ def _nodule_findings(candidates: list[nodules.NoduleCandidate]) -> list[Finding]
                 ),
                 description=f"candidate {number}: {c.diameter_mm:.1f} mm, mean {c.mean_hu:.0f} HU "
                 "(rule-based score)",
+                threshold=Measurement(
+                    "Lung nodule threshold", RULES["Lung nodule"].threshold, "mm"
+                ),
+                laterality=_side(masks, c.voxel),
+                zone=_zone(masks, c.voxel[0]),
             )
         )
     return findings
+
+
+def _side(masks: LungMasks, voxel: tuple[int, int, int]) -> Code | None:
+    """The lung the candidate lies in (the envelope that holds its centre)."""
+    if masks.left[voxel]:
+        return codes.LEFT
+    if masks.right[voxel]:
+        return codes.RIGHT
+    return None
+
+
+def _zone(masks: LungMasks, z: int) -> Code:
+    """Upper, middle or lower zone: thirds of the lungs' craniocaudal extent (z grows
+    upwards, as ``densitometry`` splits the regions)."""
+    zs = np.flatnonzero(masks.lungs.any(axis=(1, 2)))
+    if zs.size == 0:
+        return codes.MIDDLE_ZONE
+    third = (z - zs.min()) / max(1, zs.max() + 1 - zs.min())
+    return (
+        codes.LOWER_ZONE
+        if third < 1 / 3
+        else codes.MIDDLE_ZONE
+        if third < 2 / 3
+        else codes.UPPER_ZONE
+    )
 
 
 def _key_slice(mask: npt.NDArray[np.bool_]) -> int | None:
@@ -258,4 +300,5 @@ def _key_slice(mask: npt.NDArray[np.bool_]) -> int | None:
 
 
 def _pick(measurements: tuple[Measurement, ...], *names: str) -> tuple[Measurement, ...]:
-    return tuple(m for m in measurements if m.name in names)
+    """The named measurements in the order named (the report shows the first one first)."""
+    return tuple(m for name in names for m in measurements if m.name == name)
