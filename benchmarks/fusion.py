@@ -54,7 +54,7 @@ def cold_load(store: Path) -> float:
     code = (
         "import time; t = time.perf_counter(); "
         "from inference.ensemble import feature_schema; "
-        "from inference.trained_fusion import load; "
+        "from inference.fusion.trained import load; "
         f"load(__import__('pathlib').Path({str(store)!r}), 'bench', feature_schema()); "
         "print(time.perf_counter() - t)"
     )
@@ -78,8 +78,8 @@ def main() -> int:
 
     from inference.ensemble import feature_schema
     from inference.findings import AnalyzerResult
-    from inference.fusion import RuleBasedFusion
-    from inference.trained_fusion import Bundle, load
+    from inference.fusion.rules import RuleBasedFusion
+    from inference.fusion.trained import Bundle, load
     from training import card as model_card
     from training.register import register
     from training.train import TrainOptions, lightgbm_params, train

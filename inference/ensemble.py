@@ -24,7 +24,7 @@ from inference.availability import AnalyzerState, analyzer_states, chosen_entrie
 from inference.ctclip import results as ctclip_results
 from inference.features import FeatureSchema, FeatureSet
 from inference.findings import Analysis, AnalyzerResult
-from inference.fusion import FusionModel, RuleBasedFusion
+from inference.fusion.rules import FusionModel, RuleBasedFusion
 from inference.quant import analyzer as quantitative
 from inference.volume import Volume
 

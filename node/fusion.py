@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(settings: Settings, store: Path, name: str) -> int:
     from inference.ensemble import planned_schema
-    from inference.trained_fusion import FusionModelError, load
+    from inference.fusion.trained import FusionModelError, load
 
     if not name:
         print("ctnode fusion check: no model named and [fusion] model is empty", file=sys.stderr)

@@ -26,7 +26,7 @@ from inference.ctclip.preprocess import preprocess
 from inference.ctclip.results import FEATURE_SETS, feature_name
 from inference.ctclip.scoring import CTCLIPScorer, text_cache_path
 from inference.findings import CT_RATE_LABELS, AnalyzerResult
-from inference.fusion import RuleBasedFusion
+from inference.fusion.rules import RuleBasedFusion
 from inference.loading import load_series
 from inference.volume import Volume
 from reporting import write_outputs

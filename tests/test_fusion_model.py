@@ -19,14 +19,14 @@ from inference.calibration import Calibrator
 from inference.ensemble import feature_schema
 from inference.features import Feature, FeatureSchema, FeatureSet
 from inference.findings import AnalyzerResult
-from inference.fusion import (
+from inference.fusion.rules import (
     NO_PATHOLOGY,
     RuleBasedFusion,
     load_fusion,
     most_dangerous_contributing,
 )
+from inference.fusion.trained import Bundle, FusionModelError, TrainedFusion, load
 from inference.loading import load_series
-from inference.trained_fusion import Bundle, FusionModelError, TrainedFusion, load
 from inference.weights import update_manifest
 from reporting import write_outputs
 from tests.factory import ct_series, write_series

@@ -10,7 +10,7 @@ import pytest
 
 from inference import ensemble
 from inference.findings import Analysis
-from inference.fusion import NO_PATHOLOGY, RuleBasedFusion, most_dangerous
+from inference.fusion.rules import NO_PATHOLOGY, RuleBasedFusion, most_dangerous
 from inference.loading import load_series
 from inference.quant import analyzer
 from inference.quant.densitometry import measure

@@ -140,7 +140,7 @@ def _features(
     plan: Any, analyzers: Ensemble, cache: FeatureCache
 ) -> tuple[tuple[float, ...], bool]:
     """The plan's feature row and whether it came from the cache."""
-    from inference.fusion import RuleBasedFusion
+    from inference.fusion.rules import RuleBasedFusion
     from inference.selection import LUNG
 
     schema = analyzers.feature_schema()

@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from inference.trained_fusion import (
+from inference.fusion.trained import (
     ANALYZER,
     Bundle,
     calibrator_entry,

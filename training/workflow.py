@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from inference.features import FeatureSchema, SchemaMismatch, check
-from inference.trained_fusion import Bundle, calibrator_file, model_file
+from inference.fusion.trained import Bundle, calibrator_file, model_file
 from inference.weights import ModelEntry
 from training import card as model_card
 from training.labels import join, read_labels

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from inference.calibration import Calibrator
 from inference.features import FeatureSchema, SchemaMismatch, check
 from inference.findings import AnalyzerResult, Fusion
-from inference.fusion import (
+from inference.fusion.rules import (
     NO_PATHOLOGY,
     UNSPECIFIED,
     most_dangerous,
@@ -179,7 +179,7 @@ class TrainedFusion:
         contributions: Matrix,
         results: Sequence[AnalyzerResult],
     ) -> str:
-        """``inference.fusion.most_dangerous_contributing`` over the finding types the
+        """``inference.fusion.rules.most_dangerous_contributing`` over the finding types the
         features measure; when no type pushed towards pathology, the most severe finding an
         analyzer marked present; else ``Unspecified abnormality``."""
         if not pathology:

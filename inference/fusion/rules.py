@@ -2,7 +2,7 @@
 ``probability_of_pathology``, ``pathology`` and ``most_dangerous_pathology_type``).
 
 ``FusionModel`` is the interface; ``RuleBasedFusion`` is the default and says plainly that
-its output is a rule-based score; a site-trained LightGBM model (``inference.trained_fusion``)
+its output is a rule-based score; a site-trained LightGBM model (``inference.fusion.trained``)
 replaces it when ``[fusion] model`` names one. ``load_fusion`` is the one place the node
 and ``ctnode analyze`` get their fusion from.
 """
@@ -125,7 +125,7 @@ def load_fusion(settings: Settings, schema: FeatureSchema) -> FusionModel:
     the weights store, verified, its feature schema checked against this node's analyzers),
     else the rule-based fusion with ``[fusion] threshold``.
 
-    Raises ``inference.trained_fusion.FusionModelError`` (a ``ValueError``) with a sentence
+    Raises ``inference.fusion.trained.FusionModelError`` (a ``ValueError``) with a sentence
     when the named model cannot be used: the node must not silently fall back to rules a
     site did not choose.
     """
@@ -133,7 +133,7 @@ def load_fusion(settings: Settings, schema: FeatureSchema) -> FusionModel:
         return RuleBasedFusion(settings.fusion.threshold, settings.fusion.rule_analyzers)
     from pathlib import Path
 
-    from inference.trained_fusion import load
+    from inference.fusion.trained import load
 
     return load(
         Path(settings.neural.weights_dir),
