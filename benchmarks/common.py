@@ -114,7 +114,7 @@ def ctclip_store(folder: Path) -> Path:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from inference import weights
+    from inference import weights_store
     from inference.ctclip.scoring import prompts, text_cache_path
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -127,8 +127,10 @@ def ctclip_store(folder: Path) -> Path:
     lipro["classifier.bias"] = torch.zeros(18)
     torch.save(lipro, folder / "CT_LiPro_v2.pt")
     del model, state, lipro
-    base = weights.register(folder, folder / "CT-CLIP_v2.pt", name="ct-clip-v2", analyzer="ctclip")
-    weights.register(
+    base = weights_store.register(
+        folder, folder / "CT-CLIP_v2.pt", name="ct-clip-v2", analyzer="ctclip"
+    )
+    weights_store.register(
         folder, folder / "CT_LiPro_v2.pt", name="ct-lipro-v2", analyzer="ctclip-supervised"
     )
     latents = torch.nn.functional.normalize(torch.randn(36, 512), dim=-1)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.weights import ModelEntry, WeightsError, read_manifest, status
+from inference.weights_store import ModelEntry, WeightsError, read_manifest, status
 
 # The ensemble of the design card, by the ``analyzer`` name the manifest uses.
 NEURAL = ("ctclip", "ctclip-supervised", "diffusion-anomaly", "fvlm", "mednext", "fusion")

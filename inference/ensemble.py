@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from inference.availability import AnalyzerState, analyzer_states, chosen_entries
 from inference.ctclip import results as ctclip_results
-from inference.features import FeatureSchema, FeatureSet
+from inference.feature_schema import FeatureSchema, FeatureSet
 from inference.findings import Analysis, AnalyzerResult
 from inference.fusion.rules import FusionModel, RuleBasedFusion
 from inference.quant import analyzer as quantitative

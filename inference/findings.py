@@ -95,7 +95,7 @@ class Finding:
 class AnalyzerResult:
     """Everything one analyzer produced for one volume, with its identity for TID 4019.
 
-    ``features`` are the named numbers the trained fusion reads (``inference.features``),
+    ``features`` are the named numbers the trained fusion reads (``inference.feature_schema``),
     under the analyzer's feature-set version ``features_version``.
     """
 

@@ -90,10 +90,10 @@ def _check(settings: Settings) -> int:
 
 def _register(args: argparse.Namespace, store: Path) -> int:
     """Register the file (and its architecture and vocab files) in ``store``."""
-    from inference import weights
+    from inference import weights_store
 
     try:
-        entry = weights.register(
+        entry = weights_store.register(
             store,
             args.file,
             name=args.name,
@@ -104,7 +104,7 @@ def _register(args: argparse.Namespace, store: Path) -> int:
             architecture=args.architecture,
             vocab=args.vocab,
         )
-    except (weights.WeightsError, OSError) as exc:
+    except (weights_store.WeightsError, OSError) as exc:
         print(f"ctnode weights: {exc}", file=sys.stderr)
         return 1
     print(f"{entry.name}: registered {entry.file} ({entry.size} bytes, sha256 {entry.sha256})")
@@ -112,7 +112,7 @@ def _register(args: argparse.Namespace, store: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference import weights
+    from inference import weights_store
 
     settings = load_settings(args)
     store = Path(args.store or settings.neural.weights_dir)
@@ -122,23 +122,23 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check":
         return _check(replace(settings, neural=replace(settings.neural, weights_dir=str(store))))
     try:
-        entries = weights.read_manifest(manifest)
+        entries = weights_store.read_manifest(manifest)
         if args.action == "list":
             if not entries:
                 print("no models in the manifest")
             worst = 0
             for entry in entries:
-                state, why = weights.status(store, entry)
+                state, why = weights_store.status(store, entry)
                 worst = max(worst, {"present": 0, "missing": 0, "corrupt": 1}[state])
                 print(f"{entry.name}\t{entry.version}\t{state}\t{entry.analyzer}\t{why}")
             return worst
-        entry = weights.find(entries, args.name)
+        entry = weights_store.find(entries, args.name)
         if args.action == "import":
-            path = weights.import_file(store, entry, args.file)
+            path = weights_store.import_file(store, entry, args.file)
         else:
             token = os.environ.get(args.token_env) or None
-            path = weights.fetch(store, entry, token=token, progress=_progress)
-    except weights.WeightsError as exc:
+            path = weights_store.fetch(store, entry, token=token, progress=_progress)
+    except weights_store.WeightsError as exc:
         print(f"ctnode weights: {exc}", file=sys.stderr)
         return 1
     print(f"{entry.name}: installed {path} (sha256 verified)")

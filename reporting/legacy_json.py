@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.features import json_ready
+from inference.feature_schema import json_ready
 from inference.findings import Analysis
 
 LEGACY_FIELDS: tuple[str, ...] = (

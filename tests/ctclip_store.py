@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from inference import weights
+from inference import weights_store as weights
 from inference.ctclip.model import CTCLIP, CTCLIPConfig
 from inference.ctclip.scoring import WordPiece, prompts
 

@@ -170,7 +170,7 @@ def test_weights_that_cannot_run_disable_their_analyzer_only(tmp_path: Path) -> 
     assert built.names == ("quantitative", "ctclip-supervised")
 
     # a base checkpoint registered for the supervised analyzer is refused by name
-    from inference import weights
+    from inference import weights_store as weights
 
     weights.register(
         store,
@@ -259,7 +259,7 @@ def test_the_node_runs_ctclip_on_an_upload_and_reports_it_healthy(
 
 
 def node_entry_sha(store: Path, name: str) -> str:
-    from inference.weights import find, read_manifest
+    from inference.weights_store import find, read_manifest
 
     return find(read_manifest(store / "manifest.toml"), name).sha256
 
@@ -333,7 +333,7 @@ def test_the_summary_page_names_what_stands_out_and_what_did_not_run(volume: Vol
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (CI has none)")
 def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) -> None:
     from inference.ctclip.analyzer import load
-    from inference.weights import find, read_manifest
+    from inference.weights_store import find, read_manifest
 
     entry = find(read_manifest(store / "manifest.toml"), "tiny-ct-clip")
     x = preprocess(volume, (40, 80, 80))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inference import ensemble
-from inference.features import Feature, FeatureSchema, FeatureSet, SchemaMismatch, check
+from inference.feature_schema import Feature, FeatureSchema, FeatureSet, SchemaMismatch, check
 from inference.findings import AnalyzerResult
 from inference.loading import load_series
 from inference.quant import analyzer as quantitative

@@ -14,10 +14,10 @@ import pydicom
 import pytest
 
 from config import FusionSettings, NeuralSettings, Settings
-from inference import weights
+from inference import weights_store as weights
 from inference.calibration import Calibrator
 from inference.ensemble import feature_schema
-from inference.features import Feature, FeatureSchema, FeatureSet
+from inference.feature_schema import Feature, FeatureSchema, FeatureSet
 from inference.findings import AnalyzerResult
 from inference.fusion.rules import (
     NO_PATHOLOGY,
@@ -27,7 +27,7 @@ from inference.fusion.rules import (
 )
 from inference.fusion.trained import Bundle, FusionModelError, TrainedFusion, load
 from inference.loading import load_series
-from inference.weights import update_manifest
+from inference.weights_store import update_manifest
 from reporting import write_outputs
 from tests.factory import ct_series, write_series
 from tests.reporting_factory import make_analysis

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from inference import weights
+from inference import weights_store as weights
 from inference.availability import analyzer_states
 from node import weights as node_weights
 from node.cli import SUBCOMMANDS

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import Settings
-from inference.features import FeatureSchema, as_float, json_ready
+from inference.feature_schema import FeatureSchema, as_float, json_ready
 from inference.findings import AnalyzerResult
 from training.table import FeatureTable
 

@@ -21,7 +21,7 @@ from inference.fusion.trained import (
     calibrator_file,
     model_file,
 )
-from inference.weights import ModelEntry, read_manifest, update_manifest, write_atomic
+from inference.weights_store import ModelEntry, read_manifest, update_manifest, write_atomic
 
 LICENCE = "site-owned: trained on this site's studies by ctnode fusion train"
 SOURCE = "local (ctnode fusion train); not downloadable"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from inference.features import FeatureSchema
+from inference.feature_schema import FeatureSchema
 
 SCHEMA_KEY = b"ctnode.feature_schema"
 ID_COLUMNS = ("study_uid", "series_uid", "source")

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.calibration import Calibrator, Method
-from inference.features import FeatureSchema
+from inference.feature_schema import FeatureSchema
 from training import calibration, metrics
 
 Array = npt.NDArray[np.float64]

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from inference.features import FeatureSchema, SchemaMismatch, check
+from inference.feature_schema import FeatureSchema, SchemaMismatch, check
 from inference.fusion.trained import Bundle, calibrator_file, model_file
-from inference.weights import ModelEntry
+from inference.weights_store import ModelEntry
 from training import card as model_card
 from training.labels import join, read_labels
 from training.register import next_version, register

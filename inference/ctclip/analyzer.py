@@ -20,7 +20,7 @@ from inference.ctclip.checkpoint import CheckpointError, Kind, load_checkpoint
 from inference.ctclip.model import CTCLIP, ClassFine, CTCLIPConfig
 from inference.ctclip.results import CODE_VERSION, SUPERVISED
 from inference.ctclip.scoring import CTCLIPScorer, pick_device, text_latents
-from inference.weights import ModelEntry
+from inference.weights_store import ModelEntry
 
 log = logging.getLogger(__name__)
 

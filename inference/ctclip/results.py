@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from inference.features import Feature, FeatureSet
+from inference.feature_schema import Feature, FeatureSet
 from inference.findings import CT_RATE_LABELS, AnalyzerResult, Finding, label_code
 
 ZERO_SHOT = "ctclip"

@@ -16,7 +16,7 @@ from inference.findings import AnalyzerResult, Finding, Fusion
 
 if TYPE_CHECKING:
     from config import Settings
-    from inference.features import FeatureSchema
+    from inference.feature_schema import FeatureSchema
 
 NO_PATHOLOGY = "No significant pathology"
 UNSPECIFIED = "Unspecified abnormality"

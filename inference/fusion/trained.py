@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.calibration import Calibrator
-from inference.features import FeatureSchema, SchemaMismatch, check
+from inference.feature_schema import FeatureSchema, SchemaMismatch, check
 from inference.findings import AnalyzerResult, Fusion
 from inference.fusion.rules import (
     NO_PATHOLOGY,
@@ -199,7 +199,7 @@ class TrainedFusion:
 def load(store: Path, name: str, node_schema: FeatureSchema, *, top_k: int = 5) -> TrainedFusion:
     """The model ``name`` from the weights store at ``store``, verified and checked against
     ``node_schema``; :class:`FusionModelError` says what is wrong and what to do."""
-    from inference import weights
+    from inference import weights_store
 
     manifest = store / "manifest.toml"
     if not manifest.is_file():
@@ -209,9 +209,9 @@ def load(store: Path, name: str, node_schema: FeatureSchema, *, top_k: int = 5) 
             "(ctnode fusion train --store writes one)",
         )
     try:
-        entries = weights.read_manifest(manifest)
-        entry = weights.find(entries, name)
-    except weights.WeightsError as exc:
+        entries = weights_store.read_manifest(manifest)
+        entry = weights_store.find(entries, name)
+    except weights_store.WeightsError as exc:
         raise FusionModelError(
             "unknown-model", f"fusion model {name!r}: {exc} (manifest {manifest})"
         ) from exc
@@ -221,14 +221,14 @@ def load(store: Path, name: str, node_schema: FeatureSchema, *, top_k: int = 5) 
             f"{name!r} in {manifest} is not a fusion model ({entry.analyzer}: {entry.file})",
         )
     try:
-        companion = weights.find(entries, calibrator_entry(name))
-    except weights.WeightsError as exc:
+        companion = weights_store.find(entries, calibrator_entry(name))
+    except weights_store.WeightsError as exc:
         raise FusionModelError(
             "missing",
             f"fusion model {name!r} has no {calibrator_entry(name)!r} entry in {manifest}",
         ) from exc
     for item in (entry, companion):
-        state, why = weights.status(store, item)
+        state, why = weights_store.status(store, item)
         if state != "present":
             raise FusionModelError(state, f"fusion model {name!r}: {why}")
     try:

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference import codes
-from inference.features import Feature, FeatureSet
+from inference.feature_schema import Feature, FeatureSet
 from inference.findings import AnalyzerResult, Code, Finding, Measurement, label_code
 from inference.quant import densitometry, nodules
 from inference.quant.segmentation import LungMasks, segment
