@@ -33,13 +33,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from config import Settings
 from inference.availability import AnalyzerState, analyzer_states
 from node import logs
-from node.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
 from node.assembly import Assembly
 from node.assembly import add_to as add_assembly
 from node.common import add_config_argument, load_settings
+from node.http.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
+from node.http.predict import Predictor
 from node.index import Index
 from node.outbox import Outbox, destinations_from
-from node.predict import Predictor
 from node.recovery import recover
 from node.worker import Pipeline, Worker, run_forever
 from scp import tuning

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE
 
 import config
-from node.api import check_exposure
+from node.http.api import check_exposure
 from node.serve import Node
 from tests.factory import ct_series
 

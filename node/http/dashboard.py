@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from node.outbox import Outbox
 
 if TYPE_CHECKING:
-    from node.api import ApiContext
+    from node.http.api import ApiContext
 
 COOKIE = "ctnode_token"
 RECENT = 50

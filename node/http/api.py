@@ -29,11 +29,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config import Settings
 from inference.availability import AnalyzerState
-from node import __version__, dashboard
+from node import __version__
+from node.http import dashboard
+from node.http.predict import PredictError, Predictor
+from node.http.upload import UploadError, receive_file
 from node.index import Index
 from node.metrics import IndexCollector
-from node.predict import PredictError, Predictor
-from node.upload import UploadError, receive_file
 from node.worker import result_folder
 from reporting import legacy_json
 

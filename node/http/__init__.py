@@ -1,0 +1,1 @@
+"""The HTTP face: the REST API, the operators' dashboard, sign-in."""
