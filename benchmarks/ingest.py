@@ -173,7 +173,7 @@ def run_ctnode(
         "CTNODE_API__ENABLED": "false",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "serve"],
+        [sys.executable, "-m", "cli", "serve"],
         cwd=tree,  # ``-m`` puts the working directory first on the path
         env=env,
         stdout=subprocess.DEVNULL,

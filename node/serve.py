@@ -30,12 +30,12 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from cli.common import add_config_argument, load_settings
 from config import Settings
 from inference.availability import AnalyzerState, analyzer_states
 from node import logs
 from node.assembly import Assembly
 from node.assembly import add_to as add_assembly
-from node.common import add_config_argument, load_settings
 from node.http.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
 from node.http.predict import Predictor
 from node.index import Index
@@ -271,7 +271,7 @@ def _start_receivers(args: argparse.Namespace, count: int) -> list[subprocess.Po
     children = []
     for _ in range(count):
         ready, done = os.pipe()
-        command = [sys.executable, "-m", "node", "serve", "--receiver", str(done)]
+        command = [sys.executable, "-m", "cli", "serve", "--receiver", str(done)]
         if args.config:
             command += ["--config", args.config]
         children.append((subprocess.Popen(command, pass_fds=(done,)), ready))

@@ -36,8 +36,8 @@ testdata.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def ctnode_command(*args: str) -> list[str]:
-    """Argv that runs this checkout's ``ctnode`` (``python -m node``) in a subprocess."""
-    return [sys.executable, "-m", "node", *args]
+    """Argv that runs this checkout's ``ctnode`` (``python -m cli``) in a subprocess."""
+    return [sys.executable, "-m", "cli", *args]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from cli.features import _index_units, _node_data_dir
 from config import Settings
-from node.features import _index_units, _node_data_dir
 from node.index import Index
 from node.pipeline import AnalysisPipeline
 from node.worker import Worker

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.common import add_config_argument, load_settings
 from inference.availability import NEURAL
-from node.common import add_config_argument, load_settings
 
 if TYPE_CHECKING:
     from config import Settings

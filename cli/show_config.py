@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import config
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 HELP = "print the effective configuration"
 

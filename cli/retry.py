@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 HELP = "re-queue failed deliveries of results"
 

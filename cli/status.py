@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 HELP = "list studies and series with their state"
 

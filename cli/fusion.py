@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 if TYPE_CHECKING:
     from config import Settings

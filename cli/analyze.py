@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 HELP = "analyse a folder, ZIP, DICOMDIR or file offline and print the decision"
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 HELP = "extract the analyzers' features of studies into a Parquet table for fusion training"
 SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -15,15 +15,15 @@ from node import __version__
 
 SUBCOMMANDS: dict[str, str] = {
     "serve": "node.serve",
-    "status": "node.status",
-    "config": "node.show_config",
-    "echo": "node.echo",
-    "retry": "node.retry",
-    "analyze": "node.analyze",
-    "weights": "node.weights",
-    "batch": "node.batch",
-    "features": "node.features",
-    "fusion": "node.fusion",
+    "status": "cli.status",
+    "config": "cli.show_config",
+    "echo": "cli.echo",
+    "retry": "cli.retry",
+    "analyze": "cli.analyze",
+    "weights": "cli.weights",
+    "batch": "cli.batch",
+    "features": "cli.features",
+    "fusion": "cli.fusion",
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from node.common import add_config_argument, load_settings
+from cli.common import add_config_argument, load_settings
 
 HELP = "verify a DICOM node answers C-ECHO (default: this node)"
 
