@@ -22,6 +22,7 @@ COPY inference ./inference
 COPY reporting ./reporting
 COPY node ./node
 COPY training ./training
+COPY cli ./cli
 COPY weights ./weights
 RUN pip install '.[neural]' && ctnode config > /dev/null && ctnode weights list && ctnode weights check
 
