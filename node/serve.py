@@ -34,8 +34,8 @@ from cli.common import add_config_argument, load_settings
 from config import Settings
 from inference.availability import AnalyzerState, analyzer_states
 from node import logs
-from node.assembly import Assembly
-from node.assembly import add_to as add_assembly
+from node.assembler_tick import Assembly
+from node.assembler_tick import add_to as add_assembly
 from node.http.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
 from node.http.predict import Predictor
 from node.index import Index
