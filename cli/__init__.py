@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from node import __version__
+from config import __version__
 
 SUBCOMMANDS: dict[str, str] = {
     "serve": "node.serve",

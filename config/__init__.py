@@ -1,4 +1,6 @@
-"""Typed, frozen node settings: ``config.load(path)`` and the example file beside it."""
+"""Typed, frozen node settings: ``config.load(path)`` and the example file beside it; the
+software version (``config.__version__``).
+"""
 
 from config.settings import (
     AllowedCaller,
@@ -20,6 +22,7 @@ from config.settings import (
     as_dict,
     load,
 )
+from config.version import __version__
 
 __all__ = [
     "AllowedCaller",
@@ -38,6 +41,7 @@ __all__ = [
     "StorageSettings",
     "TLSSettings",
     "ValidationSettings",
+    "__version__",
     "as_dict",
     "load",
 ]

@@ -1,3 +1,2 @@
-"""The service: CLI, SQLite index, series assembler, worker, outbox; wires the other packages."""
-
-__version__ = "0.1.0"
+"""The service: the SQLite index, series assembler, worker, outbox, HTTP face and ``serve``;
+the one place that wires the other packages together."""

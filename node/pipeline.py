@@ -21,7 +21,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 import reporting
-from config import Settings
+from config import Settings, __version__
 from inference import ensemble
 from inference.errors import InvalidSeries
 from inference.fusion.rules import load_fusion
@@ -121,7 +121,6 @@ class AnalysisPipeline:
 def _not_analysed_page(
     request: AnalysisRequest, plan: StudyPlan, reason: str, out_dir: Path
 ) -> OutputObject:
-    from node import __version__
     from reporting.sc import build_not_analysed_sc
 
     ref = dcmread(request.files[0], stop_before_pixels=True)

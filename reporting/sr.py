@@ -42,6 +42,7 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
+from config import __version__
 from inference import codes
 from inference.codes import PRIVATE_SCHEME, Code
 from inference.findings import Analysis, AnalyzerResult, Finding
@@ -325,8 +326,6 @@ def build_sr(
     if not sources:
         raise ValueError("no source datasets: the SR must reference the analysed series")
     if not software_version:
-        from node import __version__
-
         software_version = __version__
     instances = [s.sop_instance_uid for s in volume.slices]
     versions = analyzer_versions(analysis)

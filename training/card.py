@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from config import __version__
 from training.train import TrainingResult
 
 LIMITATIONS = (
@@ -49,8 +50,6 @@ def build(
     import lightgbm
     import shap
     import sklearn
-
-    from node import __version__
 
     options = result.options
     return {

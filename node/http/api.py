@@ -27,9 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from config import Settings
+from config import Settings, __version__
 from inference.availability import AnalyzerState
-from node import __version__
 from node.http import dashboard
 from node.http.predict import PredictError, Predictor
 from node.http.upload import UploadError, receive_file
