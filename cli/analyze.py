@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from inference import ensemble
     from inference.errors import IntakeError, InvalidSeries
-    from inference.fusion.rules import load_fusion
+    from inference.fusion import load_fusion
     from inference.prepare import prepare
 
     settings = load_settings(args)
@@ -78,13 +78,13 @@ def analyse(
 ) -> dict[str, Any]:
     """Run the analysis on a study's chosen volume: the legacy JSON plus the decision; with
     ``out``, also the DICOM SR and secondary captures and ``result.json`` in that folder.
-    ``fusion`` defaults to what ``settings`` configure (``inference.fusion.rules.load_fusion``);
+    ``fusion`` defaults to what ``settings`` configure (``inference.fusion.load_fusion``);
     the analyzers are the process's ensemble for ``settings`` (``inference.ensemble.shared``)."""
     import time
 
     import reporting
     from inference import ensemble
-    from inference.fusion.rules import load_fusion
+    from inference.fusion import load_fusion
     from inference.selection import LUNG
     from reporting import legacy_json
 

@@ -7,7 +7,7 @@ legacy JSON without knowing which analyzer produced them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,36 @@ CT_RATE_LABELS: tuple[str, ...] = (
     "Consolidation",
     "Bronchiectasis",
     "Interlobular septal thickening",
+)
+
+
+# What the overall result says when nothing is pathological, and when a trained model finds
+# pathology that no finding type explains (both fusions).
+NO_PATHOLOGY = "No significant pathology"
+UNSPECIFIED = "Unspecified abnormality"
+
+# Most dangerous first: what would change management soonest. An acute airspace process
+# (consolidation) before a possible malignancy (nodule) before diffuse opacity before
+# chronic emphysema; then the remaining CT-RATE labels the neural analyzers report.
+SEVERITY = (
+    "Consolidation",
+    "Pleural effusion",
+    "Pericardial effusion",
+    "Lung nodule",
+    "Lung opacity",
+    "Atelectasis",
+    "Lymphadenopathy",
+    "Pulmonary fibrotic sequela",
+    "Interlobular septal thickening",
+    "Bronchiectasis",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Emphysema",
+    "Cardiomegaly",
+    "Coronary artery wall calcification",
+    "Arterial wall calcification",
+    "Hiatal hernia",
+    "Medical material",
 )
 
 
@@ -149,3 +179,15 @@ class Analysis:
     @property
     def findings(self) -> tuple[Finding, ...]:
         return tuple(f for r in self.results for f in r.findings)
+
+
+def by_severity(labels: Iterable[str]) -> list[str]:
+    """``labels`` most dangerous first (``SEVERITY``; labels outside it last, by name)."""
+    rank = {label: i for i, label in enumerate(SEVERITY)}
+    return sorted(set(labels), key=lambda label: (rank.get(label, len(rank)), label))
+
+
+def most_dangerous(findings: Sequence[Finding]) -> str:
+    """The most severe label among ``findings``; ``NO_PATHOLOGY`` when there are none."""
+    labels = by_severity(f.label for f in findings)
+    return labels[0] if labels else NO_PATHOLOGY

@@ -24,7 +24,7 @@ import reporting
 from config import Settings, __version__
 from inference import ensemble
 from inference.errors import InvalidSeries
-from inference.fusion.rules import load_fusion
+from inference.fusion import load_fusion
 from inference.prepare import StudyPlan, prepare_files
 from inference.selection import LUNG, Verdict
 from node.worker import AnalysisRequest, OutputObject, PipelineResult

@@ -18,14 +18,16 @@ from inference import weights_store as weights
 from inference.calibration import Calibrator
 from inference.ensemble import feature_schema
 from inference.feature_schema import Feature, FeatureSchema, FeatureSet
-from inference.findings import AnalyzerResult
-from inference.fusion.rules import (
-    NO_PATHOLOGY,
-    RuleBasedFusion,
-    load_fusion,
+from inference.findings import NO_PATHOLOGY, AnalyzerResult
+from inference.fusion import load_fusion
+from inference.fusion.rules import RuleBasedFusion
+from inference.fusion.trained import (
+    Bundle,
+    FusionModelError,
+    TrainedFusion,
+    load,
     most_dangerous_contributing,
 )
-from inference.fusion.trained import Bundle, FusionModelError, TrainedFusion, load
 from inference.loading import load_series
 from inference.weights_store import update_manifest
 from reporting import write_outputs

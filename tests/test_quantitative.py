@@ -9,8 +9,8 @@ import numpy.typing as npt
 import pytest
 
 from inference import ensemble
-from inference.findings import Analysis
-from inference.fusion.rules import NO_PATHOLOGY, RuleBasedFusion, most_dangerous
+from inference.findings import NO_PATHOLOGY, Analysis, most_dangerous
+from inference.fusion.rules import RuleBasedFusion
 from inference.loading import load_series
 from inference.quant import analyzer
 from inference.quant.densitometry import measure

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,19 +25,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from inference import weights_store
 from inference.calibration import Calibrator
 from inference.feature_schema import FeatureSchema, SchemaMismatch, check
-from inference.findings import AnalyzerResult, Fusion
-from inference.fusion.rules import (
+from inference.findings import (
     NO_PATHOLOGY,
     UNSPECIFIED,
+    AnalyzerResult,
+    Fusion,
+    by_severity,
     most_dangerous,
-    most_dangerous_contributing,
 )
 
 Matrix = npt.NDArray[np.float64]
 FORMAT = "ctnode-fusion/1"
 ANALYZER = "fusion"
+# A finding type competes for "most dangerous" only if its features pushed the decision
+# towards pathology by at least this share of all positive pushes.
+MIN_CONTRIBUTION_SHARE = 0.1
 
 
 class FusionModelError(ValueError):
@@ -179,7 +184,7 @@ class TrainedFusion:
         contributions: Matrix,
         results: Sequence[AnalyzerResult],
     ) -> str:
-        """``inference.fusion.rules.most_dangerous_contributing`` over the finding types the
+        """``most_dangerous_contributing`` over the finding types the
         features measure; when no type pushed towards pathology, the most severe finding an
         analyzer marked present; else ``Unspecified abnormality``."""
         if not pathology:
@@ -196,11 +201,27 @@ class TrainedFusion:
         return most_dangerous(present) if present else UNSPECIFIED
 
 
+def most_dangerous_contributing(contributions: Mapping[str, float]) -> str | None:
+    """The trained fusion's rule: among finding types whose features together pushed the
+    decision towards pathology (summed SHAP value > 0) by at least
+    ``MIN_CONTRIBUTION_SHARE`` of all such pushes, the most severe (``SEVERITY``); None
+    when no finding type pushed towards pathology.
+
+    Severity decides among real contributors because a radiologist must see the most
+    urgent of them first; the share keeps a negligible push from a severe type (a few
+    hundredths of a log-odd) from outranking the finding that actually drove the decision.
+    """
+    positive = {label: c for label, c in contributions.items() if c > 0}
+    total = sum(positive.values())
+    if total <= 0:
+        return None
+    eligible = by_severity({k for k, c in positive.items() if c >= MIN_CONTRIBUTION_SHARE * total})
+    return eligible[0] if eligible else None
+
+
 def load(store: Path, name: str, node_schema: FeatureSchema, *, top_k: int = 5) -> TrainedFusion:
     """The model ``name`` from the weights store at ``store``, verified and checked against
     ``node_schema``; :class:`FusionModelError` says what is wrong and what to do."""
-    from inference import weights_store
-
     manifest = store / "manifest.toml"
     if not manifest.is_file():
         raise FusionModelError(
