@@ -36,7 +36,8 @@ from inference.availability import AnalyzerState, analyzer_states
 from node import logs
 from node.assembler_tick import Assembly
 from node.assembler_tick import add_to as add_assembly
-from node.http.api import ApiContext, ApiServer, check_exposure, create_app, default_checks
+from node.http.api import ApiServer, check_exposure, create_app, default_checks
+from node.http.auth import ApiContext
 from node.http.predict import Predictor
 from node.index import Index
 from node.outbox import Outbox, destinations_from

@@ -1,22 +1,20 @@
 """The HTTP face of the node (FastAPI): the legacy ``POST /predict``, health, jobs, studies
 and their report and summary image, metrics, and the operators' dashboard at ``/``.
 
-Every endpoint but ``/health`` requires the token when one is configured: as
-``Authorization: Bearer <token>``, or for the dashboard in a browser, the HttpOnly cookie its
-sign-in form sets. The node refuses to serve HTTP on a non-loopback address without a
+Every endpoint but ``/health`` requires the token when one is configured (``node.http.auth``:
+the bearer header, or the dashboard's sign-in cookie); the dashboard is a router this
+application mounts (``node.http.dashboard``). The node refuses to serve HTTP on a non-loopback address without a
 token. Responses carry UIDs and states, never patient attributes.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import shutil
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +26,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config import Settings, __version__
-from inference.availability import AnalyzerState
 from node.http import dashboard
-from node.http.predict import PredictError, Predictor
+from node.http.auth import ApiContext, HealthCheck, authorised
+from node.http.predict import PredictError
 from node.http.upload import UploadError, receive_file
 from node.index import Index
 from node.metrics import IndexCollector
 from node.worker import result_folder
 from reporting import legacy_json
-
-HealthCheck = Callable[[], str | None]
-
-
-@dataclass
-class ApiContext:
-    """What the API reads: settings, the index, named health checks that return None when
-    healthy or a sentence saying what is wrong, where results live, and the predictor
-    behind ``POST /predict`` (None: uploads are refused with 503)."""
-
-    settings: Settings
-    index: Index
-    checks: dict[str, HealthCheck] = field(default_factory=dict)
-    results_root: Path | None = None
-    predictor: Predictor | None = None
-    analyzers: Callable[[], list[AnalyzerState]] = list
 
 
 def default_checks(
@@ -76,30 +58,14 @@ def default_checks(
 
 
 def create_app(context: ApiContext) -> FastAPI:
-    token = context.settings.api.token
     app = FastAPI(
         title="ctnode",
         version=__version__,
         description="Chest-CT analysis node: jobs, studies, results, metrics.",
     )
+    app.state.context = context
     registry = CollectorRegistry()
     registry.register(IndexCollector(context.index))
-
-    def authorised(request: Request) -> None:
-        if not signed_in(request):
-            raise HTTPException(
-                status_code=401,
-                detail="bearer token required",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    def signed_in(request: Request) -> bool:
-        if not token:
-            return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            given = request.cookies.get(dashboard.COOKIE, "")
-        return hmac.compare_digest(given.strip().encode(), token.encode())
 
     guarded = [Depends(authorised)]
 
@@ -225,7 +191,7 @@ def create_app(context: ApiContext) -> FastAPI:
         status, body = await run_in_threadpool(predictor.outcome, submission, api.predict_timeout)
         return JSONResponse(body, status_code=status)
 
-    dashboard.register(app, context, signed_in, authorised)
+    app.include_router(dashboard.router)
     return app
 
 

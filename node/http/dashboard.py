@@ -2,32 +2,33 @@
 deliveries with a retry button; the summary image of a selected study.
 
 Plain server-rendered HTML (every value escaped) and a few lines of JavaScript that reload
-the page while nothing is selected. With a token configured, a browser signs in once with a
-form that sets an HttpOnly, SameSite=Strict cookie: browsers cannot send bearer headers on
-navigation, and the strict cookie keeps other sites from posting the retry form. UIDs and
-states only; no patient attributes.
+the page while nothing is selected; an ``APIRouter`` the API mounts. With a token configured,
+a browser signs in once with a form that sets the sign-in cookie (``node.http.auth``). UIDs
+and states only; no patient attributes.
 """
 
 from __future__ import annotations
 
-import hmac
 import io
 import json
-from collections.abc import Callable
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from node.http.auth import (
+    ApiContext,
+    Context,
+    authorised,
+    sign_in,
+    signed_in,
+    token_matches,
+)
 from node.outbox import Outbox
 
-if TYPE_CHECKING:
-    from node.http.api import ApiContext
-
-COOKIE = "ctnode_token"
 RECENT = 50
 
 
@@ -44,41 +45,40 @@ def png_of(sc_path: Path) -> bytes:
     return buffer.getvalue()
 
 
-def register(
-    app: FastAPI,
-    context: ApiContext,
-    signed_in: Callable[[Request], bool],
-    authorised: Callable[[Request], None],
-) -> None:
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page(request: Request, context: Context, study: str = "") -> HTMLResponse:
+    if not signed_in(request):
+        return HTMLResponse(_sign_in_page(""), status_code=401)
+    return HTMLResponse(_page(context, study))
+
+
+@router.post("/login", include_in_schema=False)
+async def login(request: Request, context: Context) -> Response:
     token = context.settings.api.token
+    form = await request.form()
+    given = str(form.get("token", ""))
+    if not token or not token_matches(given, token):
+        return HTMLResponse(_sign_in_page("Wrong token."), status_code=401)
+    response = RedirectResponse("/", status_code=303)
+    sign_in(response, token)
+    return response
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page(request: Request, study: str = "") -> HTMLResponse:
-        if not signed_in(request):
-            return HTMLResponse(_sign_in_page(""), status_code=401)
-        return HTMLResponse(_page(context, study))
 
-    @app.post("/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        given = str(form.get("token", ""))
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            return HTMLResponse(_sign_in_page("Wrong token."), status_code=401)
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-        return response
+@router.get("/deliveries", dependencies=[Depends(authorised)])
+def deliveries(context: Context, state: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
+    return _deliveries(context, state, limit)
 
-    @app.get("/deliveries", dependencies=[Depends(authorised)])
-    def deliveries(state: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
-        return _deliveries(context, state, limit)
 
-    @app.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
-    def retry(delivery_id: int, request: Request) -> Response:
-        """Queue a FAILED delivery again (the outbox sends it at its next tick)."""
-        count = Outbox(context.index, Path("."), {}, context.settings.outbox).retry([delivery_id])
-        if "text/html" in request.headers.get("accept", ""):
-            return RedirectResponse("/", status_code=303)
-        return JSONResponse({"requeued": count}, status_code=200 if count else 404)
+@router.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
+def retry(delivery_id: int, request: Request, context: Context) -> Response:
+    """Queue a FAILED delivery again (the outbox sends it at its next tick)."""
+    count = Outbox(context.index, Path("."), {}, context.settings.outbox).retry([delivery_id])
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/", status_code=303)
+    return JSONResponse({"requeued": count}, status_code=200 if count else 404)
 
 
 def _deliveries(context: ApiContext, state: str, limit: int) -> list[dict[str, Any]]:
