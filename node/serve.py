@@ -1,4 +1,5 @@
-"""``ctnode serve``: the node as a long-running service.
+"""The node as a long-running service: ``Node`` wires the storage SCP, the index, the
+assembler, the workers, the outbox and the HTTP face (``ctnode serve`` runs it: ``cli.serve``).
 
 Start-up order matters: recover the data directory first, then listen, then assemble. On
 SIGTERM or SIGINT the listener closes (in-flight stores finish their handler), each worker
@@ -15,25 +16,16 @@ assembles.
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from cli.common import add_config_argument, load_settings
 from config import Settings
 from inference.availability import AnalyzerState, analyzer_states
-from node import logs
 from node.assembler_tick import Assembly
 from node.assembler_tick import add_to as add_assembly
 from node.http.api import ApiServer, check_exposure, create_app, default_checks
@@ -43,15 +35,10 @@ from node.index import Index
 from node.outbox import Outbox, destinations_from
 from node.recovery import recover
 from node.worker import Pipeline, Worker, run_forever
-from scp import tuning
 from scp.server import StorageSCP
 from scp.spool import Spool
 
-HELP = "run the node: storage SCP, series assembly"
-
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 class Node:
@@ -208,86 +195,3 @@ class Node:
             )
             return  # the abandoned stage may still use the index: leave it open
         self.index.close()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.add_argument("--receiver", type=int, metavar="FD", help=argparse.SUPPRESS)
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    logs.configure(settings.logging)
-    tuning.quiet_pydicom_validation()
-    receiver = args.receiver is not None
-    if receiver:
-        _die_with_parent()
-    pipeline = None
-    try:
-        if not receiver and settings.worker.count > 0:
-            from node.pipeline import AnalysisPipeline
-
-            pipeline = AnalysisPipeline(settings)  # refuses an unusable [fusion] model
-        node = Node(
-            settings,
-            receiver_only=receiver,
-            pipeline=pipeline,
-            analyzers=pipeline.ensemble.states if pipeline else None,
-        )
-    except ValueError as exc:
-        log.error("cannot start: %s", exc)
-        return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    receivers = [] if receiver else _start_receivers(args, settings.scp.processes - 1)
-    try:
-        node.start()
-    except (OSError, RuntimeError) as exc:
-        log.error("cannot start: %s", exc)
-        for child in receivers:
-            child.terminate()
-        return 1
-    if receiver:
-        os.write(args.receiver, b"1")
-        os.close(args.receiver)
-    stop.wait()
-    for child in receivers:
-        child.terminate()
-    node.stop()
-    for child in receivers:
-        child.wait()
-    log.info("stopped")
-    return 0
-
-
-def _start_receivers(args: argparse.Namespace, count: int) -> list[subprocess.Popen[bytes]]:
-    """Start the extra receiving processes and wait until each listens, so that the port
-    is served by all of them from the first connection on."""
-    children = []
-    for _ in range(count):
-        ready, done = os.pipe()
-        command = [sys.executable, "-m", "cli", "serve", "--receiver", str(done)]
-        if args.config:
-            command += ["--config", args.config]
-        children.append((subprocess.Popen(command, pass_fds=(done,)), ready))
-        os.close(done)
-    for child, ready in children:
-        if os.read(ready, 1) != b"1":
-            log.error("a receiving process failed to start (exit %s)", child.wait())
-        os.close(ready)
-    return [child for child, _ in children]
-
-
-def _die_with_parent() -> None:
-    """A receiving process must not outlive the main one (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        log.warning("cannot tie this receiver's life to the main process")

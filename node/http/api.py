@@ -3,8 +3,8 @@ and their report and summary image, metrics, and the operators' dashboard at ``/
 
 Every endpoint but ``/health`` requires the token when one is configured (``node.http.auth``:
 the bearer header, or the dashboard's sign-in cookie); the dashboard is a router this
-application mounts (``node.http.dashboard``). The node refuses to serve HTTP on a non-loopback address without a
-token. Responses carry UIDs and states, never patient attributes.
+application mounts (``node.http.dashboard``). The node refuses to serve HTTP on a
+non-loopback address without a token. Responses carry UIDs and states, never patient attributes.
 """
 
 from __future__ import annotations
