@@ -12,10 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import reporting
 from cli.common import add_config_argument, load_settings
+from inference import ensemble
+from inference.errors import IntakeError, InvalidSeries
+from inference.fusion import load_fusion
+from inference.prepare import prepare
+from inference.selection import LUNG
+from reporting import legacy_json
 
 HELP = "analyse a folder, ZIP, DICOMDIR or file offline and print the decision"
 
@@ -33,11 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference import ensemble
-    from inference.errors import IntakeError, InvalidSeries
-    from inference.fusion import load_fusion
-    from inference.prepare import prepare
-
     settings = load_settings(args)
     analyzers = ensemble.shared(settings)
     for state in analyzers.states:
@@ -80,14 +83,6 @@ def analyse(
     ``out``, also the DICOM SR and secondary captures and ``result.json`` in that folder.
     ``fusion`` defaults to what ``settings`` configure (``inference.fusion.load_fusion``);
     the analyzers are the process's ensemble for ``settings`` (``inference.ensemble.shared``)."""
-    import time
-
-    import reporting
-    from inference import ensemble
-    from inference.fusion import load_fusion
-    from inference.selection import LUNG
-    from reporting import legacy_json
-
     analyzers = ensemble.shared(settings)
     decision = describe(plan)
     started = time.perf_counter()

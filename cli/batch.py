@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from openpyxl import Workbook, load_workbook
+
 HELP = "analyse every ZIP under a folder through a node's POST /predict into a spreadsheet"
 FIELDS = (
     "archive",
@@ -225,7 +227,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
-    from openpyxl import load_workbook
 
     sheet = load_workbook(path, read_only=True).active
     assert sheet is not None
@@ -247,8 +248,6 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writeheader()
             writer.writerows({f: row.get(f, "") for f in FIELDS} for row in rows)
     else:
-        from openpyxl import Workbook
-
         book = Workbook()
         sheet = book.active
         assert sheet is not None

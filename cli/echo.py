@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pynetdicom import AE
+
 from cli.common import add_config_argument, load_settings
+from scp.requestor import Requestor
 
 HELP = "verify a DICOM node answers C-ECHO (default: this node)"
 
@@ -21,10 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pynetdicom import AE
-
-    from scp.requestor import Requestor
-
     settings = load_settings(args)
     host = args.host or (
         "127.0.0.1" if settings.scp.host in ("0.0.0.0", "::") else settings.scp.host

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import add_config_argument, load_settings
+from node.index import DB_NAME, Index
+from training.extract import Unit, extract
 
 HELP = "extract the analyzers' features of studies into a Parquet table for fusion training"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -53,8 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.extract import Unit, extract
-
     settings = load_settings(args)
     if args.jobs < 1:
         print("ctnode features: --jobs must be at least 1", file=sys.stderr)
@@ -100,8 +100,6 @@ def run(args: argparse.Namespace) -> int:
 def _node_data_dir(path: Path) -> Path | None:
     """The node's data directory when ``path`` is one (holding ``index.sqlite``) or is its
     index file."""
-    from node.index import DB_NAME
-
     if path.is_dir():
         return path if (path / DB_NAME).is_file() else None
     try:
@@ -114,9 +112,6 @@ def _node_data_dir(path: Path) -> Path | None:
 def _index_units(data_dir: Path) -> list[Any]:
     """One unit per study with a reported series: all its stored instances (selection runs
     over the whole study, as in the node) and the latest result the node stored for it."""
-    from node.index import Index
-    from training.extract import Unit
-
     index = Index(data_dir, read_only=True)
     try:
         results = index.query(

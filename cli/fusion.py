@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli.common import add_config_argument, load_settings
+from inference.ensemble import planned_schema
+from inference.fusion.trained import FusionModelError, load
+from training.train import TrainOptions
+from training.workflow import Request, train_and_register
 
 if TYPE_CHECKING:
     from config import Settings
@@ -76,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, store: Path, name: str) -> int:
-    from inference.ensemble import planned_schema
-    from inference.fusion.trained import FusionModelError, load
-
     if not name:
         print("ctnode fusion check: no model named and [fusion] model is empty", file=sys.stderr)
         return 2
@@ -97,10 +98,6 @@ def _check(settings: Settings, store: Path, name: str) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings, store: Path) -> int:
-    from inference.ensemble import planned_schema
-    from training.train import TrainOptions
-    from training.workflow import Request, train_and_register
-
     if args.folds < 2:
         print("ctnode fusion train: --folds must be at least 2", file=sys.stderr)
         return 2

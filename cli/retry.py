@@ -9,6 +9,8 @@ import argparse
 import sys
 
 from cli.common import add_config_argument, load_settings
+from node.index import DB_NAME, Index
+from node.outbox import Outbox
 
 HELP = "re-queue failed deliveries of results"
 
@@ -19,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.index import DB_NAME, Index
-    from node.outbox import Outbox
-
     settings = load_settings(args)
     if not (settings.storage.root / DB_NAME).exists():
         print(f"no index in {settings.storage.root}", file=sys.stderr)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not receiver and settings.worker.count > 0:
             # receiving processes never analyse: only the main process loads the analysis stack
-            from node.pipeline import AnalysisPipeline
+            from node.pipeline import AnalysisPipeline  # noqa: PLC0415
 
             pipeline = AnalysisPipeline(settings)  # refuses an unusable [fusion] model
         node = Node(

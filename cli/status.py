@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from typing import Any
 
 from cli.common import add_config_argument, load_settings
+from node.index import DB_NAME, Index
+from scp.uids import uid_hash
 
 HELP = "list studies and series with their state"
 
@@ -24,10 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from node.index import DB_NAME, Index
-
     settings = load_settings(args)
     if not (settings.storage.root / DB_NAME).exists():
         print(f"no index in {settings.storage.root}: nothing received yet", file=sys.stderr)
@@ -73,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(series: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> str:
-    from scp.uids import uid_hash
-
     header = ("STUDY", "SERIES", "MOD", "NO", "STATE", "INSTANCES", "AGE", "DESCRIPTION/REASON")
     rows = [header]
     for s in series:

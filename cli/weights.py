@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli.common import add_config_argument, load_settings
+from inference import ensemble, weights_store
 from inference.availability import NEURAL
 
 if TYPE_CHECKING:
@@ -79,8 +80,6 @@ def _progress(done: int, total: int) -> None:
 def _check(settings: Settings) -> int:
     """The analyzers as the node would start them: a registered model that cannot run
     (missing, corrupt, wrong layout, no prompt latents) fails the check, e.g. an image build."""
-    from inference import ensemble
-
     built = ensemble.build(settings)
     for state in built.states:
         verdict = "enabled" if state.enabled else ("FAULT" if state.fault else "disabled")
@@ -90,8 +89,6 @@ def _check(settings: Settings) -> int:
 
 def _register(args: argparse.Namespace, store: Path) -> int:
     """Register the file (and its architecture and vocab files) in ``store``."""
-    from inference import weights_store
-
     try:
         entry = weights_store.register(
             store,
@@ -112,8 +109,6 @@ def _register(args: argparse.Namespace, store: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference import weights_store
-
     settings = load_settings(args)
     store = Path(args.store or settings.neural.weights_dir)
     manifest = Path(args.manifest) if args.manifest else store / "manifest.toml"

@@ -160,7 +160,8 @@ def build(settings: Settings) -> Ensemble:
             continue
         entry = entries[state.name]
         try:
-            from inference.ctclip.analyzer import load
+            # the torch boundary: torch is imported only when a neural model is registered
+            from inference.ctclip.analyzer import load  # noqa: PLC0415
 
             neural.append(load(store, entry, settings.neural))
             final.append(state)
@@ -176,7 +177,8 @@ def _share_encoders(analyzers: Sequence[NeuralAnalyzer]) -> None:
     the frozen CT-CLIP) runs on that encoder's pass: one forward per volume, not two."""
     if len(analyzers) < 2:
         return  # nothing to share (and no reason to import torch)
-    from inference.ctclip.scoring import CTCLIPScorer
+    # the torch boundary: CTCLIPScorer is a torch model
+    from inference.ctclip.scoring import CTCLIPScorer  # noqa: PLC0415
 
     by_name = {a.name: a for a in analyzers if isinstance(a, CTCLIPScorer)}
     zero_shot = by_name.get(ctclip_results.ZERO_SHOT)

@@ -29,6 +29,7 @@ from inference.prepare import StudyPlan, prepare_files
 from inference.selection import LUNG, Verdict
 from node.worker import AnalysisRequest, OutputObject, PipelineResult
 from reporting import legacy_json
+from reporting.sc import build_not_analysed_sc
 
 
 class AnalysisPipeline:
@@ -121,8 +122,6 @@ class AnalysisPipeline:
 def _not_analysed_page(
     request: AnalysisRequest, plan: StudyPlan, reason: str, out_dir: Path
 ) -> OutputObject:
-    from reporting.sc import build_not_analysed_sc
-
     ref = dcmread(request.files[0], stop_before_pixels=True)
     series = [
         (v.series_uid, f"series {v.series_number} {v.description}".strip(), v.reason)

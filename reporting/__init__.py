@@ -9,10 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from inference.findings import Analysis
 from inference.volume import Volume
+from reporting import legacy_json
+from reporting.sc import build_key_image_scs, build_summary_sc
+from reporting.sr import build_sr
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,6 @@ def write_outputs(
     """Write ``report.sr.dcm``, ``summary.sc.dcm``, ``key-N.sc.dcm``, ``result.json``;
     the SR names ``previous_reports`` (earlier versions for the same series) as its
     predecessors."""
-    from pydicom import dcmread
-
-    from reporting import legacy_json
-    from reporting.sc import build_key_image_scs, build_summary_sc
-    from reporting.sr import build_sr
-
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = [dcmread(p, stop_before_pixels=True) for p in previous_reports]
     sr = build_sr(analysis, volume, sources, previous=previous)

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from inference.ctclip.results import TITLES as NEURAL_TITLES
+from inference.ensemble import FEATURE_TITLES
 from inference.findings import Analysis, Fusion
 
 DISCLAIMER = "Not for primary diagnosis. Results must be reviewed by a radiologist."
@@ -88,8 +89,6 @@ def _draw_contributions(
 def _display_feature(name: str) -> str:
     """The analyzer's own title for a feature (``HAA% (-600 to -250 HU) (both lungs)``);
     else ``quant.both_lungs.x_y`` -> ``x y (both lungs)``."""
-    from inference.ensemble import FEATURE_TITLES
-
     if name in FEATURE_TITLES:
         return FEATURE_TITLES[name]
     parts = name.split(".")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from tests.conftest import ctnode_command, subprocess_env
@@ -188,8 +189,6 @@ class Pacs:
 
     def received(self) -> dict[str, list[Any]]:
         """Headers of what the PACS holds, by SOP Class UID."""
-        import pydicom
-
         result: dict[str, list[Any]] = {}
         for path in self.folder.iterdir():
             if path.is_file() and not path.name.startswith("."):

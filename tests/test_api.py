@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -91,8 +92,6 @@ def test_token_is_enforced(node: Node) -> None:
 
 
 def test_studies_and_jobs_follow_what_was_received(node: Node) -> None:
-    import time
-
     study = push(node)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not get(node, "/jobs")[1]:

@@ -14,6 +14,7 @@ period, the job goes back to the queue, and the next start finishes it.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +46,6 @@ def series_state(node: NodeProcess) -> str | None:
 
 
 def outbox(node: NodeProcess) -> list[dict[str, Any]]:
-    import sqlite3
-
     with sqlite3.connect(node.data_dir / "index.sqlite") as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]

@@ -20,20 +20,27 @@ import torch
 
 import config
 from inference import ensemble
+from inference import weights_store as weights
+from inference.ctclip.analyzer import load
 from inference.ctclip.checkpoint import load_checkpoint
-from inference.ctclip.model import CTCLIP, CTCLIPConfig
+from inference.ctclip.model import CTCLIP, ClassFine, CTCLIPConfig
 from inference.ctclip.preprocess import preprocess
-from inference.ctclip.results import FEATURE_SETS, feature_name
+from inference.ctclip.results import FEATURE_SETS, feature_name, to_result
 from inference.ctclip.scoring import CTCLIPScorer, text_cache_path
 from inference.findings import CT_RATE_LABELS, AnalyzerResult
 from inference.fusion.rules import RuleBasedFusion
 from inference.loading import load_series
 from inference.volume import Volume
+from inference.weights_store import find, read_manifest
 from reporting import write_outputs
+from reporting.render import neural_lines, not_run_line
 from tests.conftest import REPO, ctnode_command, subprocess_env
 from tests.ctclip_store import TINY, make_store, tiny_state, vocab_file
+from tests.http_node import make_node
 from tests.phantoms import chest_phantom
+from tests.test_predict import get, post, zip_files
 from tests.test_sr import dciodvfy
+from training.extract import Unit, extract
 
 _TEXT_KEYWORDS = {"TextValue", "CodeValue", "CodeMeaning"}
 
@@ -170,8 +177,6 @@ def test_weights_that_cannot_run_disable_their_analyzer_only(tmp_path: Path) -> 
     assert built.names == ("quantitative", "ctclip-supervised")
 
     # a base checkpoint registered for the supervised analyzer is refused by name
-    from inference import weights_store as weights
-
     weights.register(
         store,
         store / "CT-CLIP_tiny.pt",
@@ -233,9 +238,6 @@ def test_ctnode_analyze_runs_the_registered_models(store: Path, tmp_path: Path) 
 def test_the_node_runs_ctclip_on_an_upload_and_reports_it_healthy(
     store: Path, files: list[Path], tmp_path: Path
 ) -> None:
-    from tests.http_node import make_node
-    from tests.test_predict import get, post, zip_files
-
     node = make_node(tmp_path, neural={"weights_dir": str(store)})
     try:
         status, health = get(node, "/health")
@@ -259,8 +261,6 @@ def test_the_node_runs_ctclip_on_an_upload_and_reports_it_healthy(
 
 
 def node_entry_sha(store: Path, name: str) -> str:
-    from inference.weights_store import find, read_manifest
-
     return find(read_manifest(store / "manifest.toml"), name).sha256
 
 
@@ -311,9 +311,6 @@ def test_a_site_registers_and_checks_a_checkpoint_it_obtained(tmp_path: Path) ->
 
 
 def test_the_summary_page_names_what_stands_out_and_what_did_not_run(volume: Volume) -> None:
-    from inference.ctclip.results import to_result
-    from reporting.render import neural_lines, not_run_line
-
     probs = [0.1] * 18
     probs[15], probs[12] = 0.93, 0.71  # Consolidation, Pleural effusion
     quant = ensemble.Ensemble().run(volume, sharp_kernel=False)
@@ -332,9 +329,6 @@ def test_the_summary_page_names_what_stands_out_and_what_did_not_run(volume: Vol
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (CI has none)")
 def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) -> None:
-    from inference.ctclip.analyzer import load
-    from inference.weights_store import find, read_manifest
-
     entry = find(read_manifest(store / "manifest.toml"), "tiny-ct-clip")
     x = preprocess(volume, (40, 80, 80))
     model = load_checkpoint(store / "CT-CLIP_tiny.pt", CTCLIPConfig.from_json(TINY))
@@ -354,8 +348,6 @@ def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) 
 def test_a_classfine_head_on_the_same_encoder_shares_its_pass(
     frozen: bool, volume: Volume, tmp_path: Path
 ) -> None:
-    from inference.ctclip.model import ClassFine
-
     store = make_store(tmp_path / "weights", frozen_encoder=frozen)
     built = ensemble.build(_settings(store))
     zero_shot, supervised = built.neural
@@ -373,8 +365,6 @@ def test_a_classfine_head_on_the_same_encoder_shares_its_pass(
 
 
 def test_feature_extraction_with_ctclip_caches_each_analyzer(store: Path, tmp_path: Path) -> None:
-    from training.extract import Unit, extract
-
     chest_phantom(tmp_path / "a", "features-a", lesion_mm=25.0)
     chest_phantom(tmp_path / "b", "features-b")
     units = [Unit("a", path=tmp_path / "a"), Unit("b", path=tmp_path / "b")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from inference.fusion.trained import (
 from inference.loading import load_series
 from inference.weights_store import update_manifest
 from reporting import write_outputs
+from tests.conftest import ctnode_command, subprocess_env
 from tests.factory import ct_series, write_series
 from tests.reporting_factory import make_analysis
 from tests.test_fusion_training import KNOWN, synthetic
@@ -253,10 +255,6 @@ def test_sr_sc_and_json_carry_the_trained_fusion(store: Path, tmp_path: Path) ->
 
 
 def test_serve_refuses_an_unusable_model(tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.conftest import ctnode_command, subprocess_env
-
     env = subprocess_env(
         CTNODE_STORAGE__DATA_DIR=str(tmp_path / "var"),
         CTNODE_NEURAL__WEIGHTS_DIR=str(tmp_path / "weights"),

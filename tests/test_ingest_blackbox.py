@@ -7,6 +7,7 @@ and, across a ``kill -9``, no acknowledged instance lost or damaged.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,7 +131,6 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path) -> N
         tmp_path / "var", ASSEMBLY__STABLE_AGE="2", ASSEMBLY__TICK="0.25", WORKER__COUNT="0"
     )
     node.start()
-    import subprocess
 
     sender = subprocess.Popen(
         ["storescu", "-v", "-xs", "-aec", "CTNODE", "127.0.0.1", str(node.port), *map(str, files)],

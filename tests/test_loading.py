@@ -11,13 +11,16 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from highdicom.legacy import LegacyConvertedEnhancedCTImage
 from pydicom.dataset import Dataset
 
 from config import ValidationSettings
 from inference import errors
 from inference.chest import check_chest, coverage
 from inference.errors import InvalidSeries
-from inference.loading import load_series
+from inference.headers import read_headers
+from inference.loading import _decode_into, load_ordered, load_series
+from inference.validation import OrderedSeries
 from inference.volume import Volume
 from tests.conftest import testdata
 from tests.factory import ct_series, write_series
@@ -203,9 +206,6 @@ LOSSLESS = (
 
 
 def test_lossless_transfer_syntaxes_decode_to_identical_hu() -> None:
-    from inference.headers import read_headers
-    from inference.loading import _decode_into
-
     folder = testdata("ct-slice-transfer-syntaxes")
     decoded = {}
     for path in sorted(folder.glob("CTImage.dcm*")):
@@ -225,10 +225,6 @@ def test_lossless_transfer_syntaxes_decode_to_identical_hu() -> None:
 
 @pytest.mark.parametrize("syntax", ["53", "55"])
 def test_retired_jpeg_is_unsupported_not_a_crash(tmp_path: Path, syntax: str) -> None:
-    from inference.headers import read_headers
-    from inference.loading import load_ordered
-    from inference.validation import OrderedSeries
-
     path = next(testdata("ct-slice-transfer-syntaxes").glob(f"*1.2.840.10008.1.2.4.{syntax}.dcm"))
     ordered = OrderedSeries(tuple(read_headers(path)), (0.0,), 1.0, (0.0, 0.0, 1.0), ())
     with pytest.raises(InvalidSeries) as caught:
@@ -244,8 +240,6 @@ def lung_ct() -> Volume:
 def test_legacy_converted_enhanced_ct_loads_like_the_single_frames(
     tmp_path: Path, lung_ct: Volume
 ) -> None:
-    from highdicom.legacy import LegacyConvertedEnhancedCTImage
-
     sources = [pydicom.dcmread(p) for p in sorted(testdata("chest-ct-100-lung").glob("*.dcm"))]
     enhanced = LegacyConvertedEnhancedCTImage(
         legacy_datasets=sources,

@@ -10,8 +10,11 @@ import pytest
 from config import OutboxSettings
 from node.index import Index
 from node.outbox import Decision, Outbox, OutboxState, ResultObject, decide, enqueue
+from node.outbox import Outbox as RealOutbox
 from scp.sender import Delivery, Destination, Outcome
 from tests.factory import ct_series, write_series
+from tests.node_process import free_port
+from tests.test_sender import scripted_pacs
 
 POLICY = OutboxSettings(max_attempts=4, max_age_hours=1.0, backoff_initial=10.0, backoff_max=25.0)
 
@@ -138,10 +141,6 @@ def test_unknown_destination_and_missing_file_fail(tmp_path: Path) -> None:
 
 
 def test_real_destination_down_then_up_receives_each_object_once(tmp_path: Path) -> None:
-    from node.outbox import Outbox as RealOutbox
-    from tests.node_process import free_port
-    from tests.test_sender import scripted_pacs
-
     clock = Clock()
     index = Index(tmp_path)
     results = tmp_path / "results"

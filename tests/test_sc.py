@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from inference.loading import load_series
-from reporting.sc import build_summary_sc
+from reporting.sc import build_key_image_scs, build_summary_sc
 from tests.factory import ct_series, write_series
 from tests.reporting_factory import make_analysis
 from tests.test_sr import dciodvfy, dciodvfy_warnings
@@ -38,10 +39,6 @@ def test_summary_sc(tmp_path: Path) -> None:
 
 
 def test_key_image_sc(tmp_path: Path) -> None:
-    from dataclasses import replace
-
-    from reporting.sc import build_key_image_scs
-
     paths = write_series(ct_series(rows=64, columns=64), tmp_path / "src")
     volume = load_series(paths)
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]

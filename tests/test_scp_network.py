@@ -34,6 +34,7 @@ from node.serve import Node
 from scp.requestor import Requestor
 from scp.server import StorageSCP
 from scp.spool import Spool
+from tests.conftest import testdata
 from tests.factory import ct_series, uid
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -455,8 +456,6 @@ def test_every_transfer_syntax_is_stored_byte_exact(
     """The slice in 15 transfer syntaxes (and the NEMA/fragmented extras) sent raw in its own
     syntax: the stored data set bytes are the source file's, whatever the encoding, even the
     retired JPEG processes the analysis cannot decode."""
-    from tests.conftest import testdata
-
     folder = testdata("ct-slice-transfer-syntaxes")
     node = start_node()
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)

@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.isotonic import IsotonicRegression
 
 from inference.calibration import Calibrator, Method
 
@@ -85,8 +86,6 @@ def fit_platt(margins: Array, y: npt.NDArray[np.int_]) -> Calibrator:
 
 def fit_isotonic(margins: Array, y: npt.NDArray[np.int_]) -> Calibrator:
     """scikit-learn's isotonic regression of ``y`` on the raw score, kept as its knots."""
-    from sklearn.isotonic import IsotonicRegression
-
     model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     model.fit(margins, y.astype(np.float64))
     return Calibrator(

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import lightgbm
+import matplotlib
+import matplotlib.pyplot as plt
+import sklearn
+
 from config import __version__
 from training.train import TrainingResult
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # shap's deprecation notices at import
+    import shap
 
 LIMITATIONS = (
     "Estimates are cross-validated on this site's labelled studies only; performance on "
@@ -47,10 +57,6 @@ def build(
     files: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
     """The card as a JSON-ready dict."""
-    import lightgbm
-    import shap
-    import sklearn
-
     options = result.options
     return {
         "name": name,
@@ -225,11 +231,7 @@ def markdown(card: dict[str, Any]) -> str:
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib.use("Agg")  # files only, whatever display the machine has
     return plt
 
 
@@ -285,10 +287,6 @@ def plot_calibration(result: TrainingResult, path: Path) -> None:
 
 
 def plot_shap(result: TrainingResult, names: list[str], path: Path) -> None:
-    import warnings
-
-    import shap
-
     plt = _pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import Settings
+from inference import ensemble
+from inference.errors import IntakeError, InvalidSeries
 from inference.feature_schema import FeatureSchema, as_float, json_ready
 from inference.findings import AnalyzerResult
+from inference.fusion.rules import RuleBasedFusion
+from inference.prepare import prepare, prepare_files
+from inference.selection import LUNG
 from training.table import FeatureTable
 
 if TYPE_CHECKING:
@@ -107,10 +112,6 @@ class FeatureCache:
 def extract_unit(unit: Unit, settings: Settings, cache_dir: Path | None) -> UnitResult:
     """Features of every study in ``unit``; studies that cannot be analysed are failures
     with the node's reason code, not errors."""
-    from inference import ensemble
-    from inference.errors import IntakeError, InvalidSeries
-    from inference.prepare import prepare, prepare_files
-
     analyzers = ensemble.shared(settings)
     schema = analyzers.feature_schema()
     if unit.stored is not None:
@@ -140,9 +141,6 @@ def _features(
     plan: Any, analyzers: Ensemble, cache: FeatureCache
 ) -> tuple[tuple[float, ...], bool]:
     """The plan's feature row and whether it came from the cache."""
-    from inference.fusion.rules import RuleBasedFusion
-    from inference.selection import LUNG
-
     schema = analyzers.feature_schema()
     versions = analyzers.versions()
     volume = plan.volume
@@ -206,8 +204,6 @@ def extract(
     progress: Callable[[int, int, UnitResult], None] | None = None,
 ) -> tuple[FeatureTable, Summary]:
     """Every unit's features in input order, ``jobs`` processes at a time."""
-    from inference import ensemble
-
     results: list[UnitResult | None] = [None] * len(units)
 
     def done(i: int, result: UnitResult) -> None:

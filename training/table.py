@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from inference.feature_schema import FeatureSchema
 
@@ -68,9 +70,6 @@ class FeatureTable:
 
     def write(self, path: Path) -> Path:
         """Write Parquet atomically (temporary file, then rename)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         columns: dict[str, pa.Array] = {
             "study_uid": pa.array(self.study_uid, pa.string()),
             "series_uid": pa.array(self.series_uid, pa.string()),
@@ -90,9 +89,6 @@ class FeatureTable:
     @classmethod
     def read(cls, path: Path) -> FeatureTable:
         """Read a table ``write`` made; ``TableError`` names what is missing."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as exc:

@@ -23,12 +23,18 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightgbm
 import numpy as np
 import numpy.typing as npt
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 from inference.calibration import Calibrator, Method
 from inference.feature_schema import FeatureSchema
 from training import calibration, metrics
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # shap's deprecation notices at import
+    import shap
 
 Array = npt.NDArray[np.float64]
 Labels = npt.NDArray[np.int_]
@@ -118,9 +124,6 @@ def train(
     x: Array, y: Labels, schema: FeatureSchema, options: TrainOptions = TrainOptions()
 ) -> TrainingResult:
     """Cross-validate, calibrate, choose the threshold, train the final model, explain it."""
-    import lightgbm
-    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
-
     names = list(schema.names)
     if x.shape != (len(y), len(names)):
         raise ValueError(f"features are {x.shape}, expected ({len(y)}, {len(names)})")
@@ -223,9 +226,7 @@ def _explain(result: TrainingResult, booster: Any, x: Array, names: list[str]) -
     rows = np.sort(rng.choice(len(x), size=min(len(x), 2000), replace=False))
     sample = x[rows]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # shap's deprecation notices at import and use
-        import shap
-
+        warnings.simplefilter("ignore")  # shap's deprecation notices
         values = shap.TreeExplainer(booster).shap_values(sample)
     if isinstance(values, list):
         values = values[-1]

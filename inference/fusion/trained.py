@@ -279,11 +279,12 @@ def load(store: Path, name: str, node_schema: FeatureSchema, *, top_k: int = 5) 
 def _open_booster(path: Path, schema: FeatureSchema) -> tuple[Any, Any]:
     """The LightGBM booster and its TreeExplainer; a file LightGBM cannot parse, or whose
     feature names are not the schema's, is ``unreadable``."""
-    import lightgbm
+    # lightgbm and shap take about 3 s to import: only a node that opens a model pays it
+    import lightgbm  # noqa: PLC0415
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # shap's deprecation notices at import
-        import shap
+        import shap  # noqa: PLC0415
     try:
         booster = lightgbm.Booster(model_file=str(path))
     except (lightgbm.basic.LightGBMError, OSError, ValueError) as exc:

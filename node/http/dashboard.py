@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from PIL import Image
+from pydicom import dcmread
 
 from node.http.auth import (
     ApiContext,
@@ -34,9 +36,6 @@ RECENT = 50
 
 def png_of(sc_path: Path) -> bytes:
     """A secondary capture's pixels as PNG (RGB or monochrome, 8 bit)."""
-    from PIL import Image
-    from pydicom import dcmread
-
     ds = dcmread(sc_path)
     mode = "RGB" if ds.SamplesPerPixel == 3 else "L"
     image = Image.fromarray(ds.pixel_array, mode=mode)
