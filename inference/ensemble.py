@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
+from inference.analyzer import Analyzer, Segmented
 from inference.availability import AnalyzerState, analyzer_states, chosen_entries
 from inference.ctclip import results as ctclip_results
 from inference.feature_schema import FeatureSchema, FeatureSet
@@ -40,16 +41,6 @@ FEATURE_SETS: dict[str, FeatureSet] = {
     **ctclip_results.FEATURE_SETS,
 }
 FEATURE_TITLES = {**quantitative.FEATURE_TITLES, **ctclip_results.FEATURE_TITLES}
-
-
-class NeuralAnalyzer(Protocol):
-    """A resident model: ``name`` is its analyzer, ``version`` names its weights."""
-
-    name: str
-    version: str
-    weights_sha256: tuple[str, ...]
-
-    def analyze(self, volume: Volume) -> AnalyzerResult: ...
 
 
 def feature_schema(analyzers: Sequence[str] = (quantitative.NAME,)) -> FeatureSchema:
@@ -76,15 +67,22 @@ def feature_units() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Ensemble:
-    """The quantitative analyzer plus the loaded neural analyzers; ``states`` says for every
-    analyzer of the design whether it runs and why (for logs, ``/health`` and reports)."""
+    """The quantitative analyzer plus the loaded neural analyzers: ``neural`` need the volume
+    alone, ``segmented`` also the quantitative segmentation's masks
+    (``inference.analyzer``); ``states`` says for every analyzer of the design whether it
+    runs and why (for logs, ``/health`` and reports)."""
 
-    neural: tuple[NeuralAnalyzer, ...] = ()
+    neural: tuple[Analyzer[Volume], ...] = ()
     states: tuple[AnalyzerState, ...] = ()
+    segmented: tuple[Analyzer[Segmented], ...] = ()
+
+    @property
+    def loaded(self) -> tuple[Analyzer[Any], ...]:
+        return (*self.neural, *self.segmented)
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (quantitative.NAME, *(a.name for a in self.neural))
+        return (quantitative.NAME, *(a.name for a in self.loaded))
 
     def feature_schema(self) -> FeatureSchema:
         return feature_schema(self.names)
@@ -92,7 +90,7 @@ class Ensemble:
     def versions(self) -> dict[str, str]:
         """Each analyzer's version (a neural one's names its weights and code): cached
         features are reused only from the same version."""
-        return {quantitative.NAME: quantitative.VERSION, **{a.name: a.version for a in self.neural}}
+        return {quantitative.NAME: quantitative.VERSION, **{a.name: a.version for a in self.loaded}}
 
     def not_running(self) -> tuple[tuple[str, str], ...]:
         """(analyzer, reason) for each analyzer of the design that does not run here."""
@@ -112,12 +110,20 @@ class Ensemble:
         the other in a thread of their own while the quantitative analysis runs here: on a
         GPU the two overlap completely, and on two CPU cores the network fills what the
         quantitative analysis leaves idle (for the 248-slice CT about a fifth less time
-        than one after the other: 15 s instead of 18-20 s)."""
+        than one after the other: 15 s instead of 18-20 s). The ``segmented`` analyzers
+        follow in that thread once the quantitative segmentation is there."""
+        quantitative_analyzer = quantitative.QuantitativeAnalyzer(
+            sharp_kernel=sharp_kernel, max_nodules=max_nodules
+        )
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = [(a, pool.submit(a.analyze, volume)) for a in self.neural]
-            quant = quantitative.analyze(volume, sharp_kernel=sharp_kernel, max_nodules=max_nodules)
+            pending: list[tuple[Analyzer[Any], Future[AnalyzerResult]]] = [
+                (a, pool.submit(a.analyze, volume)) for a in self.neural
+            ]
+            quant = quantitative_analyzer.analyze(volume)
+            segmented = Segmented(volume, quant.masks)
+            pending += [(a, pool.submit(a.analyze, segmented)) for a in self.segmented]
             done = [(a, _collect(a, future)) for a, future in pending]
-        results = (quant.result, *(r for _, r in done if isinstance(r, AnalyzerResult)))
+        results = (quant, *(r for _, r in done if isinstance(r, AnalyzerResult)))
         failed = tuple((a.name, r) for a, r in done if isinstance(r, str))
         fused = (fusion or RuleBasedFusion()).fuse(results)
         return Analysis(
@@ -130,7 +136,7 @@ class Ensemble:
         )
 
 
-def _collect(analyzer: NeuralAnalyzer, future: Future[AnalyzerResult]) -> AnalyzerResult | str:
+def _collect(analyzer: Analyzer[Any], future: Future[AnalyzerResult]) -> AnalyzerResult | str:
     """The analyzer's result, or the reason it failed on this volume."""
     try:
         return future.result()
@@ -138,7 +144,7 @@ def _collect(analyzer: NeuralAnalyzer, future: Future[AnalyzerResult]) -> Analyz
         return _failed(analyzer, exc)
 
 
-def _failed(analyzer: NeuralAnalyzer, exc: Exception) -> str:
+def _failed(analyzer: Analyzer[Any], exc: Exception) -> str:
     """The reason, logged in the caller's thread (the job's correlation id)."""
     reason = f"failed on this series: {type(exc).__name__}: {exc}"[:200]
     log.warning("analyzer %s %s", analyzer.name, reason)
@@ -152,7 +158,7 @@ def build(settings: Settings) -> Ensemble:
     store = Path(settings.neural.weights_dir)
     states = analyzer_states(store, settings.fusion.model, settings.neural.models)
     entries = chosen_entries(store, settings.neural.models)
-    neural: list[NeuralAnalyzer] = []
+    neural: list[Analyzer[Volume]] = []
     final: list[AnalyzerState] = []
     for state in states:
         if not state.enabled or state.name not in ctclip_results.ANALYZERS:
@@ -172,7 +178,7 @@ def build(settings: Settings) -> Ensemble:
     return Ensemble(tuple(neural), tuple(final))
 
 
-def _share_encoders(analyzers: Sequence[NeuralAnalyzer]) -> None:
+def _share_encoders(analyzers: Sequence[Analyzer[Volume]]) -> None:
     """A ClassFine head on the very encoder the zero-shot model has (CT_LiPro trained on
     the frozen CT-CLIP) runs on that encoder's pass: one forward per volume, not two."""
     if len(analyzers) < 2:

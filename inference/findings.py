@@ -126,7 +126,8 @@ class AnalyzerResult:
     """Everything one analyzer produced for one volume, with its identity for TID 4019.
 
     ``features`` are the named numbers the trained fusion reads (``inference.feature_schema``),
-    under the analyzer's feature-set version ``features_version``.
+    under the analyzer's feature-set version ``features_version``. ``masks`` are boolean
+    arrays on the volume's grid the analyzer derived (see ``Analysis.masks``).
     """
 
     analyzer: str
@@ -136,6 +137,9 @@ class AnalyzerResult:
     features: dict[str, float] = field(default_factory=dict)
     weights_sha256: tuple[str, ...] = ()
     features_version: str = ""
+    masks: Mapping[str, npt.NDArray[np.bool_]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)

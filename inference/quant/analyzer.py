@@ -123,14 +123,26 @@ FEATURE_SET = FeatureSet(
 )
 
 
-@dataclass(frozen=True)
-class QuantitativeOutput:
-    result: AnalyzerResult
-    masks: dict[str, npt.NDArray[np.bool_]]
-    candidates: tuple[nodules.NoduleCandidate, ...]
+class QuantitativeAnalyzer:
+    """The quantitative analyzer as an ``inference.analyzer.Analyzer[Volume]``: no weights;
+    ``sharp_kernel`` (the series was reconstructed with a lung kernel: smooth before
+    densitometry) and ``max_nodules`` are fixed per series."""
+
+    name = NAME
+    version = VERSION
+    weights_sha256: tuple[str, ...] = ()
+
+    def __init__(self, *, sharp_kernel: bool, max_nodules: int = 5) -> None:
+        self.sharp_kernel = sharp_kernel
+        self.max_nodules = max_nodules
+
+    def analyze(self, volume: Volume, /) -> AnalyzerResult:
+        return analyze(volume, sharp_kernel=self.sharp_kernel, max_nodules=self.max_nodules)
 
 
-def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> QuantitativeOutput:
+def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> AnalyzerResult:
+    """Findings, measurements and features of ``volume``, with the lung masks and the
+    overlays (emphysema, ground glass, consolidation) as the result's masks."""
     masks = segment(volume)
     values = densitometry.values_for(volume, sharp_kernel=sharp_kernel)
     # nodule search and densitometry are independent: one thread each (numpy and
@@ -190,9 +202,6 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
     )
     features["quant.nodule.count"] = float(len(candidates))
     features["quant.smoothed"] = 1.0 if density.smoothed else 0.0
-    result = AnalyzerResult(
-        NAME, VERSION, tuple(findings), measurements, features, features_version=FEATURES_VERSION
-    )
     overlay = {
         "lung_left": masks.left,
         "lung_right": masks.right,
@@ -200,7 +209,15 @@ def analyze(volume: Volume, *, sharp_kernel: bool, max_nodules: int = 5) -> Quan
         "ground_glass": ggo,
         "consolidation": consolidation,
     }
-    return QuantitativeOutput(result, overlay, tuple(candidates))
+    return AnalyzerResult(
+        NAME,
+        VERSION,
+        tuple(findings),
+        measurements,
+        features,
+        features_version=FEATURES_VERSION,
+        masks=overlay,
+    )
 
 
 def _finding(
