@@ -11,7 +11,6 @@ Instance UIDs, and the PACS keeps one copy.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import ssl
 import threading
 import time
@@ -22,7 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from config import DestinationSettings, OutboxSettings, ReturnAddress
-from node.index import Index, utc_now
+from node.index import Index
+from node.index.deliveries import Attempt
 from scp.sender import Delivery, Destination, Outcome, store
 
 log = logging.getLogger(__name__)
@@ -88,39 +88,6 @@ def destinations_from(
     return result
 
 
-@dataclass(frozen=True)
-class ResultObject:
-    """A result file to deliver: its kind (sr, sc), SOP Instance UID, path under results/."""
-
-    kind: str
-    sop_instance_uid: str
-    path: str
-
-
-def enqueue(
-    conn: sqlite3.Connection,
-    job_id: int,
-    series_uid: str,
-    objects: Sequence[ResultObject],
-    destinations: Sequence[str],
-    now: float,
-) -> int:
-    """Write one PENDING row per object per destination, inside the caller's transaction."""
-    stamp = utc_now()
-    rows = [
-        (job_id, series_uid, obj.kind, obj.sop_instance_uid, obj.path, name, now, now, stamp)
-        for name in destinations
-        for obj in objects
-    ]
-    conn.executemany(
-        "INSERT INTO outbox (job_id, series_uid, kind, sop_instance_uid, path, destination, "
-        "state, attempts, created_epoch, next_attempt_epoch, reason, updated) "
-        "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 0, ?, ?, '', ?)",
-        rows,
-    )
-    return len(rows)
-
-
 Sender = Callable[[Sequence[Path], Destination], list[Delivery]]
 
 
@@ -149,18 +116,14 @@ class Outbox:
         """Send every due row; returns how many rows were attempted."""
         with self._lock:
             now = self.clock()
-            due = self.index.query(
-                "SELECT id, destination, path, attempts, created_epoch FROM outbox "
-                "WHERE state = 'PENDING' AND next_attempt_epoch <= ? ORDER BY id",
-                (now,),
-            )
+            due = self.index.due_deliveries(now)
             by_destination: dict[str, list[dict[str, object]]] = defaultdict(list)
             for row in due:
                 by_destination[str(row["destination"])].append(row)
             for name, rows in by_destination.items():
                 self._send(name, rows, now)
             if due:
-                self._mark_sent_series()
+                self.index.mark_sent_series()
             return len(due)
 
     def _send(self, name: str, rows: list[dict[str, object]], now: float) -> None:
@@ -204,49 +167,24 @@ class Outbox:
         reasons: Sequence[str],
         now: float,
     ) -> None:
-        stamp = utc_now()
-        with self.index.transaction() as conn:
-            for row, decision, status, reason in zip(
-                rows, decisions, statuses, reasons, strict=True
-            ):
-                conn.execute(
-                    "UPDATE outbox SET state = ?, attempts = attempts + 1, "
-                    "next_attempt_epoch = ?, last_status = ?, reason = ?, updated = ? "
-                    "WHERE id = ?",
-                    (
-                        decision.state,
-                        now + (decision.retry_in or 0.0),
-                        status,
-                        reason,
-                        stamp,
-                        row["id"],
-                    ),
+        self.index.record_attempts(
+            [
+                Attempt(
+                    int(str(row["id"])),
+                    decision.state,
+                    now + (decision.retry_in or 0.0),
+                    status,
+                    reason,
                 )
-                if decision.state is OutboxState.FAILED:
-                    log.error("delivery %s to %s failed: %s", row["id"], row["destination"], reason)
-
-    def _mark_sent_series(self) -> None:
-        """A REPORTED series whose latest job has every row delivered is SENT."""
-        with self.index.transaction() as conn:
-            conn.execute(
-                "UPDATE series SET state = 'SENT', state_changed = ? WHERE state = 'REPORTED' "
-                "AND series_uid IN (SELECT o.series_uid FROM outbox o GROUP BY o.job_id "
-                "HAVING SUM(o.state != 'DONE') = 0 AND o.job_id = (SELECT MAX(j.id) FROM jobs "
-                "j WHERE j.series_uid = o.series_uid))",
-                (utc_now(),),
-            )
+                for row, decision, status, reason in zip(
+                    rows, decisions, statuses, reasons, strict=True
+                )
+            ]
+        )
+        for row, decision, reason in zip(rows, decisions, reasons, strict=True):
+            if decision.state is OutboxState.FAILED:
+                log.error("delivery %s to %s failed: %s", row["id"], row["destination"], reason)
 
     def retry(self, ids: Sequence[int] = ()) -> int:
         """Re-queue FAILED rows (all of them when ``ids`` is empty); returns how many."""
-        now = self.clock()
-        where = "state = 'FAILED'"
-        params: tuple[object, ...] = (now, utc_now(), now)
-        if ids:
-            where += f" AND id IN ({', '.join('?' * len(ids))})"
-            params += tuple(ids)
-        with self.index.transaction() as conn:
-            return conn.execute(
-                f"UPDATE outbox SET state = 'PENDING', attempts = 0, next_attempt_epoch = ?, "
-                f"updated = ?, created_epoch = ?, reason = 'retry requested' WHERE {where}",
-                params,
-            ).rowcount
+        return self.index.retry_deliveries(ids, self.clock())

@@ -19,7 +19,6 @@ stages: the job goes back to the queue and runs again at the next start.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -30,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from node.index import Index, SeriesState, utc_now
-from node.outbox import ResultObject, enqueue
+from node.index import Index, SeriesState
+from node.index.deliveries import ResultObject
+from node.index.jobs import Job
 from scp.uids import name_hash, uid_hash
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,6 @@ class Pipeline(Protocol):
     def __call__(self, request: AnalysisRequest, out_dir: Path) -> PipelineResult: ...
 
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    series_uid: str
-    study_uid: str
-    revision: int
-    deliver: bool = True
-
-
 def result_folder(results_root: Path, series_uid: str, job_id: int) -> Path:
     """Where a job's output objects live (named by hashes and the job id only)."""
     return results_root / name_hash(series_uid)[:16] / str(job_id)
@@ -125,26 +116,7 @@ class Worker:
         self.stopping = stopping
 
     def claim(self) -> Job | None:
-        with self.index.transaction() as conn:
-            row = conn.execute(
-                "SELECT id, series_uid, study_uid, revision, deliver FROM jobs j "
-                "WHERE state = 'queued' "
-                "AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = j.study_uid "
-                "AND s.state = 'RECEIVING') ORDER BY id LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            job = Job(row[0], row[1], row[2], row[3], bool(row[4]))
-            claimed = conn.execute(
-                "UPDATE series SET state = 'PROCESSING', state_changed = ? "
-                "WHERE series_uid = ? AND revision = ? AND state = 'STABLE'",
-                (utc_now(), job.series_uid, job.revision),
-            ).rowcount
-            state = "running" if claimed else "superseded"
-            conn.execute(
-                "UPDATE jobs SET state = ?, updated = ? WHERE id = ?", (state, utc_now(), job.id)
-            )
-        return job if claimed else self.claim()
+        return self.index.claim_job()
 
     def run_once(self) -> bool:
         """Run one queued job; False when there was none."""
@@ -158,15 +130,7 @@ class Worker:
             job.revision,
             extra={"cid": cid},
         )
-        files = tuple(
-            self.store_root / r["path"]
-            for r in self.index.query(
-                "SELECT i.path FROM instances i JOIN series s ON s.series_uid = i.series_uid "
-                "WHERE s.study_uid = ? AND (s.state != 'RECEIVING' OR s.series_uid = ?) "
-                "ORDER BY i.series_uid, i.instance_number, i.path",
-                (job.study_uid, job.series_uid),
-            )
-        )
+        files = tuple(self.store_root / path for path in self.index.study_files(job))
         staging = self.results_root / ".staging" / str(job.id)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -226,16 +190,11 @@ class Worker:
 
     def _previous_reports(self, job: Job) -> tuple[Path, ...]:
         """SR files of this series' earlier jobs that ended REPORTED (sent or not)."""
-        rows = self.index.query(
-            "SELECT job_id FROM results WHERE series_uid = ? AND job_id < ? "
-            "AND state = 'REPORTED' ORDER BY job_id",
-            (job.series_uid, job.id),
-        )
         return tuple(
             path
-            for r in rows
+            for job_id in self.index.reported_jobs(job)
             for path in sorted(
-                result_folder(self.results_root, job.series_uid, r["job_id"]).glob("*.sr.dcm")
+                result_folder(self.results_root, job.series_uid, job_id).glob("*.sr.dcm")
             )
         )
 
@@ -248,47 +207,16 @@ class Worker:
         objects: Sequence[ResultObject],
         timings: dict[str, float],
     ) -> None:
-        now = utc_now()
-        with self.index.transaction() as conn:
-            current = conn.execute(
-                "SELECT 1 FROM series WHERE series_uid = ? AND revision = ? "
-                "AND state = 'PROCESSING'",
-                (job.series_uid, job.revision),
-            ).fetchone()
-            job_state = "done" if current else "superseded"
-            conn.execute(
-                "INSERT OR REPLACE INTO results (job_id, series_uid, study_uid, state, reason, "
-                "result_json, timings_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    job.series_uid,
-                    job.study_uid,
-                    state if current else "SUPERSEDED",
-                    reason,
-                    json.dumps(result),
-                    json.dumps(timings),
-                    now,
-                ),
-            )
-            conn.execute(
-                "UPDATE jobs SET state = ?, reason = ?, updated = ? WHERE id = ?",
-                (job_state, reason, now, job.id),
-            )
-            if not current:
-                return
-            conn.execute(
-                "UPDATE series SET state = ?, reason = ?, state_changed = ? WHERE series_uid = ?",
-                (state, reason, now, job.series_uid),
-            )
-            if objects and job.deliver:
-                enqueue(
-                    conn,
-                    job.id,
-                    job.series_uid,
-                    objects,
-                    self.destinations(job.series_uid),
-                    self.clock(),
-                )
+        self.index.finish_job(
+            job,
+            state,
+            reason,
+            result,
+            timings,
+            objects,
+            lambda: self.destinations(job.series_uid),
+            self.clock(),
+        )
 
 
 def run_forever(worker: Worker, stop: threading.Event, poll: float = 1.0) -> None:

@@ -14,7 +14,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
-from node.index import _float, _int, _multi, _text
+from node.index.instances import _float, _int, _multi, _text
 from scp import header, upper_layer
 from scp.validation import check_identity
 from tests.conftest import TESTDATA

@@ -9,7 +9,8 @@ import pytest
 
 from config import OutboxSettings
 from node.index import Index
-from node.outbox import Decision, Outbox, OutboxState, ResultObject, decide, enqueue
+from node.index.deliveries import ResultObject, enqueue
+from node.outbox import Decision, Outbox, OutboxState, decide
 from node.outbox import Outbox as RealOutbox
 from scp.sender import Delivery, Destination, Outcome
 from tests.factory import ct_series, write_series

@@ -68,7 +68,7 @@ async def login(request: Request, context: Context) -> Response:
 
 @router.get("/deliveries", dependencies=[Depends(authorised)])
 def deliveries(context: Context, state: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
-    return _deliveries(context, state, limit)
+    return context.index.deliveries(state, limit)
 
 
 @router.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
@@ -78,14 +78,6 @@ def retry(delivery_id: int, request: Request, context: Context) -> Response:
     if "text/html" in request.headers.get("accept", ""):
         return RedirectResponse("/", status_code=303)
     return JSONResponse({"requeued": count}, status_code=200 if count else 404)
-
-
-def _deliveries(context: ApiContext, state: str, limit: int) -> list[dict[str, Any]]:
-    return context.index.query(
-        "SELECT id, job_id, series_uid, kind, destination, state, attempts, last_status, "
-        "reason, updated FROM outbox WHERE state = ? ORDER BY id DESC LIMIT ?",
-        (state.upper(), max(1, min(limit, 1000))),
-    )
 
 
 def _studies(context: ApiContext) -> list[dict[str, Any]]:
@@ -122,7 +114,7 @@ def _studies(context: ApiContext) -> list[dict[str, Any]]:
 
 def _page(context: ApiContext, selected: str) -> str:
     studies = _studies(context)
-    failed = _deliveries(context, "FAILED", 100)
+    failed = context.index.deliveries("FAILED", 100)
     rows = "".join(_study_row(s, s["study_uid"] == selected) for s in studies)
     if not rows:
         rows = '<tr><td colspan="8">No studies received yet.</td></tr>'
