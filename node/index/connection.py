@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from node.index import schema
+from node.index.schema import DB_NAME, create
 
 
 def _import_sqlite_utils() -> ModuleType:
@@ -48,7 +48,7 @@ class Connection:
     created on first open (``node.index.schema``)."""
 
     def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
-        path = data_dir / schema.DB_NAME
+        path = data_dir / DB_NAME
         if read_only:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         else:
@@ -65,7 +65,7 @@ class Connection:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             with self._lock:
-                schema.create(self.db)
+                create(self.db)
             # The SCP's duplicate check reads here: in WAL mode it sees every committed row
             # without waiting for the write connection's lock (held through each commit).
             self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
