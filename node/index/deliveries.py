@@ -21,18 +21,6 @@ class ResultObject:
     path: str
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What one delivery attempt decided for a row: its next state, when it is due again
-    (epoch seconds), the DICOM status and the reason."""
-
-    id: int
-    state: str
-    next_attempt: float
-    status: int | None
-    reason: str
-
-
 def enqueue(
     conn: sqlite3.Connection,
     job_id: int,
@@ -55,6 +43,18 @@ def enqueue(
         rows,
     )
     return len(rows)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one delivery attempt decided for a row: its next state, when it is due again
+    (epoch seconds), the DICOM status and the reason."""
+
+    id: int
+    state: str
+    next_attempt: float
+    status: int | None
+    reason: str
 
 
 class DeliveryQueries(Connection):
