@@ -14,9 +14,6 @@ from pydicom.dataset import Dataset
 
 from inference.findings import Analysis
 from inference.volume import Volume
-from reporting import legacy_json
-from reporting.sc import build_key_image_scs, build_summary_sc
-from reporting.sr import build_sr
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,12 @@ def write_outputs(
     """Write ``report.sr.dcm``, ``summary.sc.dcm``, ``key-N.sc.dcm``, ``result.json``;
     the SR names ``previous_reports`` (earlier versions for the same series) as its
     predecessors."""
+    # start-up time: a process that reads only the legacy JSON (the API of a receiving
+    # process) must not load highdicom, the renderer and the analyzers' feature titles
+    from reporting import legacy_json  # noqa: PLC0415
+    from reporting.sc import build_key_image_scs, build_summary_sc  # noqa: PLC0415
+    from reporting.sr import build_sr  # noqa: PLC0415
+
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = [dcmread(p, stop_before_pixels=True) for p in previous_reports]
     sr = build_sr(analysis, volume, sources, previous=previous)
