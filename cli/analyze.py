@@ -25,8 +25,6 @@ from inference.prepare import prepare
 from inference.selection import LUNG
 from reporting import legacy_json
 
-HELP = "analyse a folder, ZIP, DICOMDIR or file offline and print the decision"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)

@@ -30,7 +30,6 @@ from typing import Any
 
 from openpyxl import Workbook, load_workbook
 
-HELP = "analyse every ZIP under a folder through a node's POST /predict into a spreadsheet"
 FIELDS = (
     "archive",
     "http_status",

@@ -11,8 +11,6 @@ from pynetdicom import AE
 from cli.common import add_config_argument, load_settings
 from scp.requestor import Requestor
 
-HELP = "verify a DICOM node answers C-ECHO (default: this node)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)

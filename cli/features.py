@@ -25,7 +25,6 @@ from cli.common import add_config_argument, load_settings
 from node.index import DB_NAME, Index
 from training.extract import Unit, extract
 
-HELP = "extract the analyzers' features of studies into a Parquet table for fusion training"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 

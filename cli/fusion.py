@@ -25,8 +25,6 @@ from training.workflow import Request, train_and_register
 if TYPE_CHECKING:
     from config import Settings
 
-HELP = "train a fusion model on labelled studies (train), or check a registered one (check)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)

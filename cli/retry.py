@@ -12,8 +12,6 @@ from cli.common import add_config_argument, load_settings
 from node.index import DB_NAME, Index
 from node.outbox import Outbox
 
-HELP = "re-queue failed deliveries of results"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)

@@ -26,8 +26,6 @@ from node import logs
 from node.serve import Node
 from scp import tuning
 
-HELP = "run the node: storage SCP, series assembly"
-
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1

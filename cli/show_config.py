@@ -9,8 +9,6 @@ from typing import Any
 import config
 from cli.common import add_config_argument, load_settings
 
-HELP = "print the effective configuration"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)

@@ -18,8 +18,6 @@ from cli.common import add_config_argument, load_settings
 from node.index import DB_NAME, Index
 from scp.uids import uid_hash
 
-HELP = "list studies and series with their state"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)

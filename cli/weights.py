@@ -23,8 +23,6 @@ from inference.availability import NEURAL
 if TYPE_CHECKING:
     from config import Settings
 
-HELP = "list, import, fetch or register model weights (weights/manifest.toml)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
