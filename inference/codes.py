@@ -132,6 +132,39 @@ RETIRED = {
 }
 
 
+# The 18 CT-RATE abnormality labels: the shared vocabulary of the findings
+# (``inference.findings``, DESIGN.md "Findings model").
+CT_RATE_LABELS: tuple[str, ...] = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
+
+
+def label_code(label: str) -> Code:
+    """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``."""
+    if label not in CT_RATE_LABELS:
+        raise ValueError(f"{label!r} is not a CT-RATE label")
+    if label in CT_RATE_SNOMED:
+        return CT_RATE_SNOMED[label]
+    return Code(f"CTRATE-{CT_RATE_LABELS.index(label) + 1:02d}", PRIVATE_SCHEME, label)
+
+
 def measurement(name: str) -> Entry:
     """The concept of a named measurement, or ``KeyError`` naming what is missing."""
     try:
@@ -142,8 +175,6 @@ def measurement(name: str) -> Entry:
 
 def table() -> list[Entry]:
     """Every concept ctnode writes, once each, in the order of this module."""
-    from inference.findings import CT_RATE_LABELS, label_code
-
     rows: list[Entry] = [Entry(c) for c in (LUNG, LEFT, RIGHT, UPPER_ZONE, MIDDLE_ZONE)]
     rows += [Entry(c) for c in (LOWER_ZONE, PRESENT, ABSENT, CENTER, PROCEDURE_CT)]
     rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, OVERALL)]

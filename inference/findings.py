@@ -13,31 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from inference import codes
+from inference.codes import CT_RATE_LABELS as CT_RATE_LABELS
 from inference.codes import PRIVATE_SCHEME as PRIVATE_SCHEME
 from inference.codes import Code as Code
-
-CT_RATE_LABELS: tuple[str, ...] = (
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-)
-
+from inference.codes import label_code as label_code
 
 # What the overall result says when nothing is pathological, and when a trained model finds
 # pathology that no finding type explains (both fusions).
@@ -67,16 +46,6 @@ SEVERITY = (
     "Hiatal hernia",
     "Medical material",
 )
-
-
-def label_code(label: str) -> Code:
-    """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``
-    (``inference.codes`` holds every code ctnode writes)."""
-    if label not in CT_RATE_LABELS:
-        raise ValueError(f"{label!r} is not a CT-RATE label")
-    if label in codes.CT_RATE_SNOMED:
-        return codes.CT_RATE_SNOMED[label]
-    return Code(f"CTRATE-{CT_RATE_LABELS.index(label) + 1:02d}", PRIVATE_SCHEME, label)
 
 
 @dataclass(frozen=True)

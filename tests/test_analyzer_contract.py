@@ -50,8 +50,5 @@ def test_an_analyzer_that_needs_the_lung_mask_gets_it(tmp_path: Path) -> None:
 
 def test_the_quantitative_analyzer_implements_the_contract() -> None:
     analyzer: Analyzer[Volume] = quantitative.QuantitativeAnalyzer(sharp_kernel=False)
-    assert (analyzer.name, analyzer.version, analyzer.weights_sha256) == (
-        "quantitative",
-        "1.0.0",
-        (),
-    )
+    identity = (analyzer.name, analyzer.version, analyzer.weights_sha256)
+    assert identity == (quantitative.NAME, quantitative.VERSION, ())
