@@ -118,6 +118,10 @@ class StorageSCP:
         return str(getattr(self._last, "reason", ""))
 
     @property
+    def max_instance_bytes(self) -> int:
+        return self.limits.max_instance_bytes
+
+    @property
     def running(self) -> bool:
         return self._listener is not None
 

@@ -16,16 +16,15 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
+from config import SCPSettings
 from scp import header
 from scp import upper_layer as ul
 from scp.pdu_reader import PDUReader
 from scp.sop_classes import VERIFICATION
+from scp.spool import Spool
 from scp.validation import CANNOT_UNDERSTAND, SUCCESS, Rejection, check_size
-
-if TYPE_CHECKING:
-    from scp.server import StorageSCP
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,38 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.1 (Refused: SOP Class not supporte
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: the node failed, not the instance
 
 
+class Receiver(Protocol):
+    """What a session needs of the SCP that accepted it (``scp.server.StorageSCP``)."""
+
+    settings: SCPSettings
+    spool: Spool
+
+    @property
+    def max_instance_bytes(self) -> int: ...
+
+    def store(
+        self,
+        temp: Path,
+        sop_class: str,
+        sop_instance: str,
+        calling: str,
+        transfer_syntax: str,
+        cid: str,
+        sha256: str | None = None,
+        head: bytes = b"",
+    ) -> int: ...
+
+    def refuse(
+        self, rejection: Rejection, sop_class: str, sop_instance: str, calling: str, cid: str
+    ) -> int: ...
+
+
 class Session:
     """The messages of one association, in order, within the SCP's limits."""
 
     def __init__(
         self,
-        scp: StorageSCP,
+        scp: Receiver,
         reader: PDUReader,
         request: ul.AssociateRequest,
         results: list[ul.ContextResult],
@@ -52,7 +77,7 @@ class Session:
         settings = scp.settings
         self.max_pdu = settings.pdu_limit + 6
         self.max_command = settings.max_command_bytes
-        self.max_data_set = scp.limits.max_instance_bytes
+        self.max_data_set = scp.max_instance_bytes
         self.command_bytes = bytearray()
         self.command_context = 0
         # the C-STORE whose data set is arriving, its context, and where it goes
