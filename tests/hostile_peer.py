@@ -15,9 +15,10 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from scp import upper_layer as ul
+from tests import command_sets
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-VERIFICATION = "1.2.840.10008.1.1"
+VERIFICATION = command_sets.VERIFICATION
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
@@ -110,34 +111,12 @@ def p_data(*pdvs: bytes) -> bytes:
 
 
 def store_command(sop_instance: str, sop_class: str = CT, message_id: int = 1) -> bytes:
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1)."""
-    elements = [
-        (0x0002, sop_class.encode()),
-        (0x0100, struct.pack("<H", ul.C_STORE_RQ)),
-        (0x0110, struct.pack("<H", message_id)),
-        (0x0700, struct.pack("<H", 0)),
-        (0x0800, struct.pack("<H", 0x0000)),
-        (0x1000, sop_instance.encode()),
-    ]
-    body = b"".join(_element(tag, value) for tag, value in elements)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
+    """A C-STORE-RQ command set announcing a data set."""
+    return command_sets.c_store_rq(message_id, sop_class, sop_instance)
 
 
 def echo_command(message_id: int = 1) -> bytes:
-    elements = [
-        (0x0002, VERIFICATION.encode()),
-        (0x0100, struct.pack("<H", ul.C_ECHO_RQ)),
-        (0x0110, struct.pack("<H", message_id)),
-        (0x0800, struct.pack("<H", ul.NO_DATA_SET)),
-    ]
-    body = b"".join(_element(tag, value) for tag, value in elements)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def _element(element: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0"
-    return struct.pack("<HHI", 0, element, len(value)) + value
+    return command_sets.c_echo_rq(message_id)
 
 
 def encoded(ds: Dataset) -> bytes:

@@ -11,7 +11,6 @@ import hashlib
 import io
 import socket
 import ssl
-import struct
 import subprocess
 import threading
 import time
@@ -34,6 +33,7 @@ from node.serve import Node
 from scp.requestor import Requestor
 from scp.server import StorageSCP
 from scp.spool import Spool
+from tests import hostile_peer as peer
 from tests.conftest import testdata
 from tests.factory import ct_series, uid
 
@@ -307,30 +307,6 @@ def test_association_limit(start_node: Any) -> None:
     first.release()
 
 
-def _pdv(context_id: int, control: int, payload: bytes) -> bytes:
-    item = bytes([context_id, control]) + payload
-    return struct.pack(">I", len(item)) + item
-
-
-def _p_data(*pdvs: bytes) -> bytes:
-    body = b"".join(pdvs)
-    return b"\x04\x00" + struct.pack(">I", len(body)) + body
-
-
-def _c_store_command(sop_class: str, sop_instance: str) -> bytes:
-    command = Dataset()
-    command.AffectedSOPClassUID = sop_class
-    command.CommandField = 0x0001
-    command.MessageID = 1
-    command.Priority = 0
-    command.CommandDataSetType = 0x0000
-    command.AffectedSOPInstanceUID = sop_instance
-    body = encode(command, implicit=True)
-    group = Dataset()
-    group.CommandGroupLength = len(body)
-    return encode(group, implicit=True) + body
-
-
 @pytest.mark.parametrize("ending", ["abort", "drop"])
 def test_transfer_cut_mid_data_set_leaves_nothing(start_node: Any, ending: str) -> None:
     node = start_node()
@@ -340,9 +316,12 @@ def test_transfer_cut_mid_data_set_leaves_nothing(start_node: Any, ending: str) 
     assert context_id is not None
     raw = assoc.dul.socket.socket
     assert raw is not None
-    command = _c_store_command(CT, str(ds.SOPInstanceUID))
+    command = peer.store_command(str(ds.SOPInstanceUID))
     half = encode(ds)[:4000]
-    raw.sendall(_p_data(_pdv(context_id, 0x03, command)) + _p_data(_pdv(context_id, 0x00, half)))
+    raw.sendall(
+        peer.p_data(peer.pdv(context_id, 0x03, command))
+        + peer.p_data(peer.pdv(context_id, 0x00, half))
+    )
     deadline = time.monotonic() + 5
     while not temp_files(node) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -488,10 +467,10 @@ def test_stalled_message_is_aborted_after_the_dimse_timeout(start_node: Any) -> 
     assert context_id is not None
     raw = assoc.dul.socket.socket
     assert raw is not None
-    command = _c_store_command(CT, str(ds.SOPInstanceUID))
+    command = peer.store_command(str(ds.SOPInstanceUID))
     raw.sendall(
-        _p_data(_pdv(context_id, 0x03, command))
-        + _p_data(_pdv(context_id, 0x00, encode(ds)[:4000]))
+        peer.p_data(peer.pdv(context_id, 0x03, command))
+        + peer.p_data(peer.pdv(context_id, 0x00, encode(ds)[:4000]))
     )
     started = time.monotonic()
     deadline = started + 20
