@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config import Settings, __version__
 from node.http import dashboard
-from node.http.auth import ApiContext, HealthCheck, authorised
+from node.http.auth import ApiContext, HealthCheck, RowId, authorised
 from node.http.predict import PredictError
 from node.http.upload import UploadError, receive_file
 from node.index import Index
@@ -97,7 +97,7 @@ def create_app(context: ApiContext) -> FastAPI:
         )
 
     @app.get("/jobs/{job_id}", dependencies=guarded)
-    def job(job_id: int) -> dict[str, Any]:
+    def job(job_id: RowId) -> dict[str, Any]:
         rows = context.index.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Response
+from fastapi import Path as PathParameter
 
 from config import Settings
 from inference.availability import AnalyzerState
@@ -52,6 +53,10 @@ def request_context(request: Request) -> ApiContext:
 
 # A handler's parameter ``context: Context`` receives the request context.
 Context = Annotated[ApiContext, Depends(request_context)]
+
+# A row id in a path: SQLite's INTEGER is 64-bit signed and ours start at 1, so anything
+# outside 1 .. 2**63 - 1 is refused by validation (422) before it reaches the index.
+RowId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 
 
 def token_matches(given: str, token: str) -> bool:

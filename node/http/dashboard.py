@@ -24,6 +24,7 @@ from pydicom import dcmread
 from node.http.auth import (
     ApiContext,
     Context,
+    RowId,
     authorised,
     sign_in,
     signed_in,
@@ -72,7 +73,7 @@ def deliveries(context: Context, state: str = "FAILED", limit: int = 100) -> lis
 
 
 @router.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
-def retry(delivery_id: int, request: Request, context: Context) -> Response:
+def retry(delivery_id: RowId, request: Request, context: Context) -> Response:
     """Queue a FAILED delivery again (the outbox sends it at its next tick)."""
     count = Outbox(context.index, Path("."), {}, context.settings.outbox).retry([delivery_id])
     if "text/html" in request.headers.get("accept", ""):
