@@ -88,7 +88,11 @@ def test_token_is_enforced(node: Node) -> None:
         assert get(node, path, token=None)[0] == 401
         assert get(node, path, token="wrong")[0] == 401
         assert get(node, path)[0] == 200
-    assert get(node, "/docs", token=None)[0] == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert get(node, path, token=None)[0] == 401
+        assert get(node, path, token="wrong")[0] == 401
+        assert get(node, path)[0] == 200
+    assert get(node, "/openapi.json")[1]["info"]["title"] == "ctnode"
 
 
 def test_studies_and_jobs_follow_what_was_received(node: Node) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -62,12 +63,29 @@ def create_app(context: ApiContext) -> FastAPI:
         title="ctnode",
         version=__version__,
         description="Chest-CT analysis node: jobs, studies, results, metrics.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.context = context
     registry = CollectorRegistry()
     registry.register(IndexCollector(context.index))
 
     guarded = [Depends(authorised)]
+
+    # The documentation is served by guarded routes of our own: FastAPI's built-in ones
+    # cannot take a dependency, and the README promises that only /health is open.
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ctnode API")
+
+    @app.get("/redoc", dependencies=guarded, include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="ctnode API")
 
     @app.get("/health")
     def health() -> JSONResponse:
