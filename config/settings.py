@@ -184,15 +184,16 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """The HTTP API: address and bearer token (required beyond loopback); the cap on an
-    upload's size, and how long ``POST /predict`` waits for its result before it answers
-    with the job to poll instead."""
+    """The HTTP API: address and bearer token (required beyond loopback); the caps on an
+    upload's size and on the time to receive it, and how long ``POST /predict`` waits for
+    its result before it answers with the job to poll instead."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     token: str = ""
     max_upload_mb: int = 2048
+    upload_timeout: float = 600.0
     predict_timeout: float = 300.0
 
 

@@ -200,9 +200,14 @@ def create_app(context: ApiContext) -> FastAPI:
         target = predictor.uploads / f"{uuid.uuid4().hex}.zip"
         try:
             content_type = request.headers.get("content-type", "")
-            await receive_file(content_type, request.stream(), "file", target, cap)
+            await receive_file(
+                content_type, request.stream(), "file", target, cap, api.upload_timeout
+            )
             submission = await run_in_threadpool(predictor.ingest, target, deliver=send)
-        except (UploadError, PredictError) as exc:
+        except UploadError as exc:
+            # The rest of a refused body is never read: the connection cannot be reused.
+            return _failure(exc.status, exc.code, exc.message, {"Connection": "close"})
+        except PredictError as exc:
             return _failure(exc.status, exc.code, exc.message)
         finally:
             target.unlink(missing_ok=True)
@@ -213,9 +218,11 @@ def create_app(context: ApiContext) -> FastAPI:
     return app
 
 
-def _failure(status: int, code: str, message: str) -> JSONResponse:
+def _failure(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = legacy_json.failure("", "", f"{code}: {message}", time_of_processing=0.0)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _latest_output(context: ApiContext, study_uid: str, pattern: str) -> Path:
