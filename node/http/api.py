@@ -28,6 +28,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config import Settings, __version__
 from node.http import dashboard
+from node.http.answers import (
+    LEGACY,
+    NOT_FOUND,
+    UNAUTHORISED,
+    binary,
+    legacy,
+)
 from node.http.auth import ApiContext, HealthCheck, RowId, authorised
 from node.http.predict import PredictError
 from node.http.upload import UploadError, receive_file
@@ -87,7 +94,10 @@ def create_app(context: ApiContext) -> FastAPI:
     def redoc() -> HTMLResponse:
         return get_redoc_html(openapi_url="/openapi.json", title="ctnode API")
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        responses={503: {"description": "Something is wrong; `failing` says what."}},
+    )
     def health() -> JSONResponse:
         failing = {
             name: problem
@@ -102,11 +112,22 @@ def create_app(context: ApiContext) -> FastAPI:
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "healthy", "analyzers": analyzers})
 
-    @app.get("/metrics", dependencies=guarded)
+    @app.get(
+        "/metrics",
+        dependencies=guarded,
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **UNAUTHORISED,
+        },
+    )
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/jobs", dependencies=guarded)
+    @app.get("/jobs", dependencies=guarded, responses=UNAUTHORISED)
     def jobs(limit: int = 100) -> list[dict[str, Any]]:
         return context.index.query(
             "SELECT j.id, j.series_uid, j.study_uid, j.revision, j.state, j.reason, j.created, "
@@ -114,14 +135,14 @@ def create_app(context: ApiContext) -> FastAPI:
             (max(1, min(limit, 1000)),),
         )
 
-    @app.get("/jobs/{job_id}", dependencies=guarded)
+    @app.get("/jobs/{job_id}", dependencies=guarded, responses={**UNAUTHORISED, **NOT_FOUND})
     def job(job_id: RowId) -> dict[str, Any]:
         rows = context.index.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return {**rows[0], **_result(context.index, job_id)}
 
-    @app.get("/studies", dependencies=guarded)
+    @app.get("/studies", dependencies=guarded, responses=UNAUTHORISED)
     def studies(limit: int = 100) -> list[dict[str, Any]]:
         return context.index.query(
             "SELECT st.study_uid, st.first_received, "
@@ -131,7 +152,7 @@ def create_app(context: ApiContext) -> FastAPI:
             (max(1, min(limit, 1000)),),
         )
 
-    @app.get("/studies/{study_uid}", dependencies=guarded)
+    @app.get("/studies/{study_uid}", dependencies=guarded, responses={**UNAUTHORISED, **NOT_FOUND})
     def study(study_uid: str) -> dict[str, Any]:
         series = context.index.query(
             "SELECT series_uid, modality, series_number, description, state, reason, "
@@ -149,7 +170,17 @@ def create_app(context: ApiContext) -> FastAPI:
             entry["result"] = _result(context.index, latest[0]["job_id"]) if latest else None
         return {"study_uid": study_uid, "series": series}
 
-    @app.get("/studies/{study_uid}/result", dependencies=guarded)
+    @app.get(
+        "/studies/{study_uid}/result",
+        dependencies=guarded,
+        responses={
+            **legacy(200, "The study's legacy JSON."),
+            **legacy(202, "Still being received or analysed."),
+            **UNAUTHORISED,
+            **NOT_FOUND,
+            **legacy(422, "The study could not be analysed; `error` says why."),
+        },
+    )
     def study_result(study_uid: str) -> JSONResponse:
         """The legacy JSON for the study, as ``POST /predict`` answers it (202 while its
         series are still being received or analysed)."""
@@ -158,12 +189,30 @@ def create_app(context: ApiContext) -> FastAPI:
             raise HTTPException(status_code=404, detail="unknown study")
         return JSONResponse(answer[1], status_code=answer[0])
 
-    @app.get("/studies/{study_uid}/report", dependencies=guarded)
+    @app.get(
+        "/studies/{study_uid}/report",
+        dependencies=guarded,
+        response_class=Response,
+        responses={
+            **binary("application/dicom", "The newest report (DICOM SR)."),
+            **UNAUTHORISED,
+            **NOT_FOUND,
+        },
+    )
     def report(study_uid: str) -> FileResponse:
         path = _latest_output(context, study_uid, "*.sr.dcm")
         return FileResponse(path, media_type="application/dicom", filename="report.dcm")
 
-    @app.get("/studies/{study_uid}/summary.png", dependencies=guarded)
+    @app.get(
+        "/studies/{study_uid}/summary.png",
+        dependencies=guarded,
+        response_class=Response,
+        responses={
+            **binary("image/png", "The newest report's summary page."),
+            **UNAUTHORISED,
+            **NOT_FOUND,
+        },
+    )
     def summary(study_uid: str) -> Response:
         path = _latest_output(context, study_uid, "summary.sc.dcm")
         return Response(dashboard.png_of(path), media_type="image/png")
@@ -171,6 +220,28 @@ def create_app(context: ApiContext) -> FastAPI:
     @app.post(
         "/predict",
         dependencies=guarded,
+        responses={
+            **legacy(200, "The legacy JSON of the analysed study."),
+            **legacy(202, "Not finished within predict_timeout: `poll` and `result` say where."),
+            **legacy(400, "Not a multipart upload, no or an empty `file`, not a ZIP, unsafe."),
+            **UNAUTHORISED,
+            **legacy(408, "The body did not arrive within [api] upload_timeout."),
+            **legacy(413, "Beyond [api] max_upload_mb, a ZIP bomb, too many files."),
+            422: {
+                "description": "No CT in the archive, or a bad query parameter.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                LEGACY,
+                                {"$ref": "#/components/schemas/HTTPValidationError"},
+                            ]
+                        }
+                    }
+                },
+            },
+            **legacy(503, "This node does not analyse uploads."),
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Response
+from fastapi import Depends, HTTPException, Request, Response, Security
 from fastapi import Path as PathParameter
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from config import Settings
 from inference.availability import AnalyzerState
@@ -75,7 +76,26 @@ def signed_in(request: Request) -> bool:
     return token_matches(given.strip(), token)
 
 
-def authorised(request: Request) -> None:
+# The two ways in, as the OpenAPI document declares them (either one suffices). They only
+# describe: signed_in reads the request itself, so auto_error is off.
+BEARER = HTTPBearer(
+    scheme_name="token",
+    description="`Authorization: Bearer <[api] token>`",
+    auto_error=False,
+)
+SIGN_IN_COOKIE = APIKeyCookie(
+    name=COOKIE,
+    scheme_name="dashboard",
+    description="The cookie the dashboard's sign-in form sets (browsers).",
+    auto_error=False,
+)
+
+
+def authorised(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    _cookie: Annotated[str | None, Security(SIGN_IN_COOKIE)],
+) -> None:
     """The guard of every endpoint but ``/health`` (a FastAPI dependency): 401 unless
     :func:`signed_in`."""
     if not signed_in(request):

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from PIL import Image
 from pydicom import dcmread
 
+from node.http.answers import UNAUTHORISED
 from node.http.auth import (
     ApiContext,
     Context,
@@ -67,12 +68,27 @@ async def login(request: Request, context: Context) -> Response:
     return response
 
 
-@router.get("/deliveries", dependencies=[Depends(authorised)])
+@router.get("/deliveries", dependencies=[Depends(authorised)], responses=UNAUTHORISED)
 def deliveries(context: Context, state: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
     return context.index.deliveries(state, limit)
 
 
-@router.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    dependencies=[Depends(authorised)],
+    responses={
+        303: {"description": "Requeued, back to the dashboard (a browser's form)."},
+        **UNAUTHORISED,
+        404: {
+            "description": "No FAILED delivery with this id.",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"requeued": {"type": "integer"}}}
+                }
+            },
+        },
+    },
+)
 def retry(delivery_id: RowId, request: Request, context: Context) -> Response:
     """Queue a FAILED delivery again (the outbox sends it at its next tick)."""
     count = Outbox(context.index, Path("."), {}, context.settings.outbox).retry([delivery_id])
