@@ -186,7 +186,8 @@ class WorkerSettings:
 class ApiSettings:
     """The HTTP API: address and bearer token (required beyond loopback); the caps on an
     upload's size and on the time to receive it, and how long ``POST /predict`` waits for
-    its result before it answers with the job to poll instead."""
+    its result before it answers with the job to poll instead; how long a dashboard
+    session lasts, and the longest wait imposed on an address after wrong sign-ins."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -195,6 +196,8 @@ class ApiSettings:
     max_upload_mb: int = 2048
     upload_timeout: float = 600.0
     predict_timeout: float = 300.0
+    session_hours: float = 12.0
+    sign_in_delay_max: float = 300.0
 
 
 @dataclass(frozen=True)

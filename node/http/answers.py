@@ -50,3 +50,4 @@ def binary(media_type: str, description: str) -> Answers:
 
 UNAUTHORISED = problem(401, "No token, or a wrong one (WWW-Authenticate: Bearer).")
 NOT_FOUND = problem(404, "No such object.")
+FOREIGN = problem(403, "A browser's request from another origin (Origin or Referer).")

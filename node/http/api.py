@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from config import Settings, __version__
 from node.http import dashboard
 from node.http.answers import (
+    FOREIGN,
     LEGACY,
     NOT_FOUND,
     UNAUTHORISED,
@@ -36,6 +37,7 @@ from node.http.answers import (
     legacy,
 )
 from node.http.auth import ApiContext, HealthCheck, RowId, authorised
+from node.http.browser import BrowserDefences
 from node.http.predict import PredictError
 from node.http.upload import UploadError, receive_file
 from node.index import Index
@@ -75,6 +77,7 @@ def create_app(context: ApiContext) -> FastAPI:
         openapi_url=None,
     )
     app.state.context = context
+    app.add_middleware(BrowserDefences)
     registry = CollectorRegistry()
     registry.register(IndexCollector(context.index))
 
@@ -225,6 +228,7 @@ def create_app(context: ApiContext) -> FastAPI:
             **legacy(202, "Not finished within predict_timeout: `poll` and `result` say where."),
             **legacy(400, "Not a multipart upload, no or an empty `file`, not a ZIP, unsafe."),
             **UNAUTHORISED,
+            **FOREIGN,
             **legacy(408, "The body did not arrive within [api] upload_timeout."),
             **legacy(413, "Beyond [api] max_upload_mb, a ZIP bomb, too many files."),
             422: {
@@ -344,6 +348,7 @@ class ApiServer:
     """Uvicorn in a background thread, stopped cleanly with the node."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app = app
         self.server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         )

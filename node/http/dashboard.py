@@ -3,14 +3,16 @@ deliveries with a retry button; the summary image of a selected study.
 
 Plain server-rendered HTML (every value escaped) and a few lines of JavaScript that reload
 the page while nothing is selected; an ``APIRouter`` the API mounts. With a token configured,
-a browser signs in once with a form that sets the sign-in cookie (``node.http.auth``). UIDs
-and states only; no patient attributes.
+a browser signs in with a form that sets a session cookie, and signs out with a button
+(``node.http.auth``); ``node.http.browser`` adds the security headers and refuses
+cross-origin posts. UIDs and states only; no patient attributes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from PIL import Image
 from pydicom import dcmread
 
-from node.http.answers import UNAUTHORISED
+from node.http.answers import FOREIGN, UNAUTHORISED
 from node.http.auth import (
     ApiContext,
     Context,
     RowId,
     authorised,
     sign_in,
+    sign_out,
     signed_in,
     token_matches,
 )
@@ -58,13 +61,31 @@ def page(request: Request, context: Context, study: str = "") -> HTMLResponse:
 
 @router.post("/login", include_in_schema=False)
 async def login(request: Request, context: Context) -> Response:
-    token = context.settings.api.token
+    """Sign in with the token (a session cookie); wrong tokens make the address wait."""
+    api, now = context.settings.api, context.clock()
+    address = request.client.host if request.client else ""
+    wait = context.throttle.wait(address, now)
+    if wait > 0:
+        message = f"Too many wrong tokens: try again in {math.ceil(wait)} s."
+        headers = {"Retry-After": str(math.ceil(wait))}
+        return HTMLResponse(_sign_in_page(message), status_code=429, headers=headers)
     form = await request.form()
     given = str(form.get("token", ""))
-    if not token or not token_matches(given, token):
-        return HTMLResponse(_sign_in_page("Wrong token."), status_code=401)
+    if not api.token or not token_matches(given, api.token):
+        delay = context.throttle.failed(address, now, api.sign_in_delay_max)
+        message = f"Wrong token. The next try is possible in {math.ceil(delay)} s."
+        return HTMLResponse(_sign_in_page(message), status_code=401)
+    context.throttle.succeeded(address)
     response = RedirectResponse("/", status_code=303)
-    sign_in(response, token)
+    sign_in(request, response)
+    return response
+
+
+@router.post("/logout", include_in_schema=False)
+def logout(request: Request) -> Response:
+    """End the session; back to the sign-in form."""
+    response = RedirectResponse("/", status_code=303)
+    sign_out(request, response)
     return response
 
 
@@ -79,6 +100,7 @@ def deliveries(context: Context, state: str = "FAILED", limit: int = 100) -> lis
     responses={
         303: {"description": "Requeued, back to the dashboard (a browser's form)."},
         **UNAUTHORISED,
+        **FOREIGN,
         404: {
             "description": "No FAILED delivery with this id.",
             "content": {
@@ -159,6 +181,7 @@ img {{ max-width: 100%; border: 1px solid #ccc; }}
 code {{ font-size: 0.85rem; }}
 </style></head><body>
 <h1>ctnode</h1>
+<form method="post" action="/logout"><button type="submit">Sign out</button></form>
 <h2>Recent studies</h2>
 <table id="studies"><thead><tr><th>study</th><th>series</th><th>last received (UTC)</th>
 <th>state</th><th>probability</th><th>pathology</th><th>most dangerous</th>
