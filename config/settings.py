@@ -183,6 +183,16 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ApiTLSSettings:
+    """HTTPS for the API and the dashboard: a PEM certificate (chain) and its private key,
+    loaded at start-up; TLS 1.2 or later."""
+
+    enabled: bool = False
+    certificate: str = ""
+    private_key: str = ""
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     """The HTTP API: address and bearer token (required beyond loopback); the caps on an
     upload's size and on the time to receive it, and how long ``POST /predict`` waits for
@@ -198,6 +208,7 @@ class ApiSettings:
     predict_timeout: float = 300.0
     session_hours: float = 12.0
     sign_in_delay_max: float = 300.0
+    tls: ApiTLSSettings = field(default_factory=ApiTLSSettings)
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,21 @@ cross-origin posts refused; security headers on every response."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import ssl
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import config
+from node.http.api import https_context
 from node.http.auth import COOKIE, ApiContext, Sessions, SignInThrottle
 from node.serve import Node
 from tests.http_node import TOKEN, make_node
+from tests.test_scp_network import tls_files  # noqa: F401  (a fixture: a throwaway CA)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +163,37 @@ def test_every_response_carries_the_security_headers(node: Node, context: ApiCon
         assert response.headers["referrer-policy"] == "no-referrer"
     docs = request(node, "GET", "/docs", Authorization=f"Bearer {TOKEN}")
     assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+def test_https_from_api_tls(tmp_path: Path, tls_files: dict[str, Path]) -> None:  # noqa: F811
+    tls = config.ApiTLSSettings(
+        enabled=True, certificate=str(tls_files["cert"]), private_key=str(tls_files["key"])
+    )
+    running = make_node(tmp_path, tls=tls)
+    try:
+        assert running.api is not None
+        port = running.api.port
+        client = ssl.create_default_context(cafile=str(tls_files["ca"]))
+        connection = http.client.HTTPSConnection("localhost", port, context=client, timeout=10)
+        connection.request("GET", "/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert connection.getresponse().status == 200
+        connection.close()
+        connection = http.client.HTTPSConnection("localhost", port, context=client, timeout=10)
+        form = urllib.parse.urlencode({"token": TOKEN})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        connection.request("POST", "/login", body=form, headers=headers)
+        signed = connection.getresponse()
+        assert signed.status == 303 and "secure" in signed.headers["set-cookie"].lower()
+        connection.close()
+        with pytest.raises((http.client.HTTPException, OSError)):  # plain HTTP gets no answer
+            plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            plain.request("GET", "/health")
+            plain.getresponse()
+    finally:
+        running.stop()
+    missing = dataclasses.replace(tls, private_key=str(tmp_path / "nowhere.pem"))
+    with pytest.raises(ValueError, match=r"api\.tls\.private_key.*nowhere\.pem"):
+        https_context(missing)
+    swapped = dataclasses.replace(tls, private_key=str(tls_files["ca_key"]))
+    with pytest.raises(ValueError, match="cannot load certificate"):
+        https_context(swapped)

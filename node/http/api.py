@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import ssl
 import threading
 import uuid
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from config import Settings, __version__
+from config import ApiTLSSettings, Settings, __version__
 from node.http import dashboard
 from node.http.answers import (
     FOREIGN,
@@ -344,13 +345,38 @@ def check_exposure(host: str, token: str) -> None:
         raise ValueError(f"api.host {host} is not loopback: configure api.token to serve it")
 
 
+def https_context(tls: ApiTLSSettings) -> ssl.SSLContext:
+    """``[api.tls]``'s certificate and key, loaded now as the SCP loads its own (TLS 1.2 or
+    later), so that a bad file stops the start with its name and what is wrong."""
+    for name, path in (("certificate", tls.certificate), ("private_key", tls.private_key)):
+        if not path or not Path(path).is_file():
+            raise ValueError(f"api.tls.{name}: no such file {path!r}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.certificate, tls.private_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"api.tls: cannot load certificate {tls.certificate} with key {tls.private_key}: {exc}"
+        ) from exc
+    return context
+
+
 class ApiServer:
     """Uvicorn in a background thread, stopped cleanly with the node."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, tls: ApiTLSSettings | None = None
+    ) -> None:
         self.app = app
+        https: dict[str, Any] = {}
+        if tls is not None and tls.enabled:
+            context = https_context(tls)
+            https = {"ssl_context_factory": lambda _config, _default: context}
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, **https
+            )
         )
         self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
 
