@@ -124,6 +124,12 @@ def test_wrong_sign_ins_are_throttled(node: Node, context: ApiContext) -> None:
     assert sign_in(node).headers["retry-after"] == "1"
 
 
+def test_the_open_sign_in_form_is_bounded(node: Node, context: ApiContext) -> None:
+    huge = sign_in(node, "x" * 100_000)
+    assert huge.status == 413
+    assert context.throttle.wait("127.0.0.1", context.clock()) == 0  # not even tried
+
+
 def test_cross_origin_posts_are_refused(node: Node) -> None:
     assert node.api is not None
     own = f"http://127.0.0.1:{node.api.port}"

@@ -10,13 +10,14 @@ cross-origin posts. UIDs and states only; no patient attributes.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -34,6 +35,7 @@ from node.http.auth import (
     signed_in,
     token_matches,
 )
+from node.http.upload import UploadError
 from node.outbox import Outbox
 
 RECENT = 50
@@ -69,8 +71,10 @@ async def login(request: Request, context: Context) -> Response:
         message = f"Too many wrong tokens: try again in {math.ceil(wait)} s."
         headers = {"Retry-After": str(math.ceil(wait))}
         return HTMLResponse(_sign_in_page(message), status_code=429, headers=headers)
-    form = await request.form()
-    given = str(form.get("token", ""))
+    try:
+        given = await _token_of(request)
+    except UploadError as exc:
+        return HTMLResponse(_sign_in_page(exc.message), status_code=exc.status)
     if not api.token or not token_matches(given, api.token):
         delay = context.throttle.failed(address, now, api.sign_in_delay_max)
         message = f"Wrong token. The next try is possible in {math.ceil(delay)} s."
@@ -117,6 +121,26 @@ def retry(delivery_id: RowId, request: Request, context: Context) -> Response:
     if "text/html" in request.headers.get("accept", ""):
         return RedirectResponse("/", status_code=303)
     return JSONResponse({"requeued": count}, status_code=200 if count else 404)
+
+
+SIGN_IN_BYTES = 4096
+SIGN_IN_SECONDS = 10.0
+
+
+async def _token_of(request: Request) -> str:
+    """The ``token`` of the sign-in form. /login is open to anyone, so its body is bounded
+    in size and in time (Starlette's form parser would buffer any urlencoded body)."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout(SIGN_IN_SECONDS):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > SIGN_IN_BYTES:
+                    raise UploadError(413, "too_large", "The sign-in form is too large.")
+    except TimeoutError as exc:
+        raise UploadError(408, "timeout", "The sign-in form did not arrive in time.") from exc
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    return fields.get("token", [""])[0]
 
 
 def _studies(context: ApiContext) -> list[dict[str, Any]]:
