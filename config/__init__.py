@@ -4,6 +4,7 @@ software version (``config.__version__``).
 
 from config.settings import (
     AllowedCaller,
+    ApiTLSSettings,
     AssemblySettings,
     ConfigError,
     DestinationSettings,
@@ -26,6 +27,7 @@ from config.version import __version__
 
 __all__ = [
     "AllowedCaller",
+    "ApiTLSSettings",
     "AssemblySettings",
     "ConfigError",
     "DestinationSettings",

@@ -183,17 +183,32 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ApiTLSSettings:
+    """HTTPS for the API and the dashboard: a PEM certificate (chain) and its private key,
+    loaded at start-up; TLS 1.2 or later."""
+
+    enabled: bool = False
+    certificate: str = ""
+    private_key: str = ""
+
+
+@dataclass(frozen=True)
 class ApiSettings:
-    """The HTTP API: address and bearer token (required beyond loopback); the cap on an
-    upload's size, and how long ``POST /predict`` waits for its result before it answers
-    with the job to poll instead."""
+    """The HTTP API: address and bearer token (required beyond loopback); the caps on an
+    upload's size and on the time to receive it, and how long ``POST /predict`` waits for
+    its result before it answers with the job to poll instead; how long a dashboard
+    session lasts, and the longest wait imposed on an address after wrong sign-ins."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     token: str = ""
     max_upload_mb: int = 2048
+    upload_timeout: float = 600.0
     predict_timeout: float = 300.0
+    session_hours: float = 12.0
+    sign_in_delay_max: float = 300.0
+    tls: ApiTLSSettings = field(default_factory=ApiTLSSettings)
 
 
 @dataclass(frozen=True)

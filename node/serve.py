@@ -97,7 +97,9 @@ class Node:
             context = ApiContext(
                 settings, self.index, checks, results, predictor, lambda: self.analyzers
             )
-            self.api = ApiServer(create_app(context), settings.api.host, settings.api.port)
+            self.api = ApiServer(
+                create_app(context), settings.api.host, settings.api.port, settings.api.tls
+            )
         self.analyzers: list[AnalyzerState] = list(analyzers or ())
         self._known_analyzers = analyzers is not None
         self._threads: list[threading.Thread] = []

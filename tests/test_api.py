@@ -88,7 +88,11 @@ def test_token_is_enforced(node: Node) -> None:
         assert get(node, path, token=None)[0] == 401
         assert get(node, path, token="wrong")[0] == 401
         assert get(node, path)[0] == 200
-    assert get(node, "/docs", token=None)[0] == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert get(node, path, token=None)[0] == 401
+        assert get(node, path, token="wrong")[0] == 401
+        assert get(node, path)[0] == 200
+    assert get(node, "/openapi.json")[1]["info"]["title"] == "ctnode"
 
 
 def test_studies_and_jobs_follow_what_was_received(node: Node) -> None:
@@ -156,3 +160,19 @@ def test_corrupt_registered_weights_make_the_node_unhealthy(tmp_path: Path) -> N
         assert body["analyzers"]["quantitative"]["enabled"] is True
     finally:
         running.stop()
+
+
+def test_out_of_range_ids_are_refused_not_a_crash(node: Node) -> None:
+    assert node.api is not None
+    base = f"http://127.0.0.1:{node.api.port}"
+    for bad in ("9223372036854775808", "-1", "0", "99999999999999999999999", "1e3"):
+        assert get(node, f"/jobs/{bad}")[0] in (404, 422)
+        request = urllib.request.Request(
+            f"{base}/deliveries/{bad}/retry",
+            method="POST",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code in (404, 422)
+    assert get(node, "/jobs/9223372036854775807")[0] == 404

@@ -122,6 +122,10 @@ def test_sign_in_with_the_token(tmp_path: Path) -> None:
             opener.open(f"{base}/login", data=wrong, timeout=10)
         assert refused.value.code == 401
         right = urllib.parse.urlencode({"token": TOKEN}).encode()
+        with pytest.raises(urllib.error.HTTPError) as throttled:  # a wrong token: wait 1 s
+            opener.open(f"{base}/login", data=right, timeout=10)
+        assert throttled.value.code == 429
+        time.sleep(1.1)
         with opener.open(f"{base}/login", data=right, timeout=10) as response:
             body = response.read().decode()
         assert "Recent studies" in body and re.search(r"No studies received yet", body)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -224,8 +225,36 @@ def test_size_cap_field_and_token(tmp_path: Path) -> None:
         assert status == 413 and "too_large" in body["error"]
         status, body = post(node, b"PK", field="archive")
         assert status == 400 and "no_file" in body["error"]
+        status, body = post(node, b"")
+        assert status == 400 and "empty_file" in body["error"] and "empty" in body["error"]
         assert post(node, b"PK", token=None)[0] == 401
         assert post(node, b"PK", token="wrong")[0] == 401
+    finally:
+        node.stop()
+
+
+def test_an_upload_that_never_arrives_is_cut_off(tmp_path: Path) -> None:
+    node = make_node(tmp_path, upload_timeout=1.0)
+    try:
+        assert node.api is not None
+        boundary = "b0undary"
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: 1000000\r\n\r\n--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="a.zip"\r\n\r\nPK'
+        )
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", node.api.port), timeout=10) as peer:
+            peer.sendall(head.encode())
+            answer = b""
+            while chunk := peer.recv(65536):  # the node closes the connection after answering
+                answer += chunk
+        assert time.monotonic() - started < 5
+        assert answer.startswith(b"HTTP/1.1 408") and b"upload_timeout" in answer
+        assert list((node.settings.storage.root / "uploads").iterdir()) == []
+        assert get(node, "/health")[0] == 200
     finally:
         node.stop()
 

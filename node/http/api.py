@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import ssl
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,13 +22,23 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from config import Settings, __version__
+from config import ApiTLSSettings, Settings, __version__
 from node.http import dashboard
-from node.http.auth import ApiContext, HealthCheck, authorised
+from node.http.answers import (
+    FOREIGN,
+    LEGACY,
+    NOT_FOUND,
+    UNAUTHORISED,
+    binary,
+    legacy,
+)
+from node.http.auth import ApiContext, HealthCheck, RowId, authorised
+from node.http.browser import BrowserDefences
 from node.http.predict import PredictError
 from node.http.upload import UploadError, receive_file
 from node.index import Index
@@ -62,14 +73,35 @@ def create_app(context: ApiContext) -> FastAPI:
         title="ctnode",
         version=__version__,
         description="Chest-CT analysis node: jobs, studies, results, metrics.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.context = context
+    app.add_middleware(BrowserDefences)
     registry = CollectorRegistry()
     registry.register(IndexCollector(context.index))
 
     guarded = [Depends(authorised)]
 
-    @app.get("/health")
+    # The documentation is served by guarded routes of our own: FastAPI's built-in ones
+    # cannot take a dependency, and the README promises that only /health is open.
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ctnode API")
+
+    @app.get("/redoc", dependencies=guarded, include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="ctnode API")
+
+    @app.get(
+        "/health",
+        responses={503: {"description": "Something is wrong; `failing` says what."}},
+    )
     def health() -> JSONResponse:
         failing = {
             name: problem
@@ -84,11 +116,22 @@ def create_app(context: ApiContext) -> FastAPI:
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "healthy", "analyzers": analyzers})
 
-    @app.get("/metrics", dependencies=guarded)
+    @app.get(
+        "/metrics",
+        dependencies=guarded,
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **UNAUTHORISED,
+        },
+    )
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/jobs", dependencies=guarded)
+    @app.get("/jobs", dependencies=guarded, responses=UNAUTHORISED)
     def jobs(limit: int = 100) -> list[dict[str, Any]]:
         return context.index.query(
             "SELECT j.id, j.series_uid, j.study_uid, j.revision, j.state, j.reason, j.created, "
@@ -96,14 +139,14 @@ def create_app(context: ApiContext) -> FastAPI:
             (max(1, min(limit, 1000)),),
         )
 
-    @app.get("/jobs/{job_id}", dependencies=guarded)
-    def job(job_id: int) -> dict[str, Any]:
+    @app.get("/jobs/{job_id}", dependencies=guarded, responses={**UNAUTHORISED, **NOT_FOUND})
+    def job(job_id: RowId) -> dict[str, Any]:
         rows = context.index.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return {**rows[0], **_result(context.index, job_id)}
 
-    @app.get("/studies", dependencies=guarded)
+    @app.get("/studies", dependencies=guarded, responses=UNAUTHORISED)
     def studies(limit: int = 100) -> list[dict[str, Any]]:
         return context.index.query(
             "SELECT st.study_uid, st.first_received, "
@@ -113,7 +156,7 @@ def create_app(context: ApiContext) -> FastAPI:
             (max(1, min(limit, 1000)),),
         )
 
-    @app.get("/studies/{study_uid}", dependencies=guarded)
+    @app.get("/studies/{study_uid}", dependencies=guarded, responses={**UNAUTHORISED, **NOT_FOUND})
     def study(study_uid: str) -> dict[str, Any]:
         series = context.index.query(
             "SELECT series_uid, modality, series_number, description, state, reason, "
@@ -131,7 +174,17 @@ def create_app(context: ApiContext) -> FastAPI:
             entry["result"] = _result(context.index, latest[0]["job_id"]) if latest else None
         return {"study_uid": study_uid, "series": series}
 
-    @app.get("/studies/{study_uid}/result", dependencies=guarded)
+    @app.get(
+        "/studies/{study_uid}/result",
+        dependencies=guarded,
+        responses={
+            **legacy(200, "The study's legacy JSON."),
+            **legacy(202, "Still being received or analysed."),
+            **UNAUTHORISED,
+            **NOT_FOUND,
+            **legacy(422, "The study could not be analysed; `error` says why."),
+        },
+    )
     def study_result(study_uid: str) -> JSONResponse:
         """The legacy JSON for the study, as ``POST /predict`` answers it (202 while its
         series are still being received or analysed)."""
@@ -140,12 +193,30 @@ def create_app(context: ApiContext) -> FastAPI:
             raise HTTPException(status_code=404, detail="unknown study")
         return JSONResponse(answer[1], status_code=answer[0])
 
-    @app.get("/studies/{study_uid}/report", dependencies=guarded)
+    @app.get(
+        "/studies/{study_uid}/report",
+        dependencies=guarded,
+        response_class=Response,
+        responses={
+            **binary("application/dicom", "The newest report (DICOM SR)."),
+            **UNAUTHORISED,
+            **NOT_FOUND,
+        },
+    )
     def report(study_uid: str) -> FileResponse:
         path = _latest_output(context, study_uid, "*.sr.dcm")
         return FileResponse(path, media_type="application/dicom", filename="report.dcm")
 
-    @app.get("/studies/{study_uid}/summary.png", dependencies=guarded)
+    @app.get(
+        "/studies/{study_uid}/summary.png",
+        dependencies=guarded,
+        response_class=Response,
+        responses={
+            **binary("image/png", "The newest report's summary page."),
+            **UNAUTHORISED,
+            **NOT_FOUND,
+        },
+    )
     def summary(study_uid: str) -> Response:
         path = _latest_output(context, study_uid, "summary.sc.dcm")
         return Response(dashboard.png_of(path), media_type="image/png")
@@ -153,6 +224,29 @@ def create_app(context: ApiContext) -> FastAPI:
     @app.post(
         "/predict",
         dependencies=guarded,
+        responses={
+            **legacy(200, "The legacy JSON of the analysed study."),
+            **legacy(202, "Not finished within predict_timeout: `poll` and `result` say where."),
+            **legacy(400, "Not a multipart upload, no or an empty `file`, not a ZIP, unsafe."),
+            **UNAUTHORISED,
+            **FOREIGN,
+            **legacy(408, "The body did not arrive within [api] upload_timeout."),
+            **legacy(413, "Beyond [api] max_upload_mb, a ZIP bomb, too many files."),
+            422: {
+                "description": "No CT in the archive, or a bad query parameter.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                LEGACY,
+                                {"$ref": "#/components/schemas/HTTPValidationError"},
+                            ]
+                        }
+                    }
+                },
+            },
+            **legacy(503, "This node does not analyse uploads."),
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -182,9 +276,14 @@ def create_app(context: ApiContext) -> FastAPI:
         target = predictor.uploads / f"{uuid.uuid4().hex}.zip"
         try:
             content_type = request.headers.get("content-type", "")
-            await receive_file(content_type, request.stream(), "file", target, cap)
+            await receive_file(
+                content_type, request.stream(), "file", target, cap, api.upload_timeout
+            )
             submission = await run_in_threadpool(predictor.ingest, target, deliver=send)
-        except (UploadError, PredictError) as exc:
+        except UploadError as exc:
+            # The rest of a refused body is never read: the connection cannot be reused.
+            return _failure(exc.status, exc.code, exc.message, {"Connection": "close"})
+        except PredictError as exc:
             return _failure(exc.status, exc.code, exc.message)
         finally:
             target.unlink(missing_ok=True)
@@ -195,9 +294,11 @@ def create_app(context: ApiContext) -> FastAPI:
     return app
 
 
-def _failure(status: int, code: str, message: str) -> JSONResponse:
+def _failure(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = legacy_json.failure("", "", f"{code}: {message}", time_of_processing=0.0)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _latest_output(context: ApiContext, study_uid: str, pattern: str) -> Path:
@@ -244,12 +345,38 @@ def check_exposure(host: str, token: str) -> None:
         raise ValueError(f"api.host {host} is not loopback: configure api.token to serve it")
 
 
+def https_context(tls: ApiTLSSettings) -> ssl.SSLContext:
+    """``[api.tls]``'s certificate and key, loaded now as the SCP loads its own (TLS 1.2 or
+    later), so that a bad file stops the start with its name and what is wrong."""
+    for name, path in (("certificate", tls.certificate), ("private_key", tls.private_key)):
+        if not path or not Path(path).is_file():
+            raise ValueError(f"api.tls.{name}: no such file {path!r}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.certificate, tls.private_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"api.tls: cannot load certificate {tls.certificate} with key {tls.private_key}: {exc}"
+        ) from exc
+    return context
+
+
 class ApiServer:
     """Uvicorn in a background thread, stopped cleanly with the node."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, tls: ApiTLSSettings | None = None
+    ) -> None:
+        self.app = app
+        https: dict[str, Any] = {}
+        if tls is not None and tls.enabled:
+            context = https_context(tls)
+            https = {"ssl_context_factory": lambda _config, _default: context}
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, **https
+            )
         )
         self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
 

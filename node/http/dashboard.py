@@ -3,32 +3,39 @@ deliveries with a retry button; the summary image of a selected study.
 
 Plain server-rendered HTML (every value escaped) and a few lines of JavaScript that reload
 the page while nothing is selected; an ``APIRouter`` the API mounts. With a token configured,
-a browser signs in once with a form that sets the sign-in cookie (``node.http.auth``). UIDs
-and states only; no patient attributes.
+a browser signs in with a form that sets a session cookie, and signs out with a button
+(``node.http.auth``); ``node.http.browser`` adds the security headers and refuses
+cross-origin posts. UIDs and states only; no patient attributes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydicom import dcmread
 
+from node.http.answers import FOREIGN, UNAUTHORISED
 from node.http.auth import (
     ApiContext,
     Context,
+    RowId,
     authorised,
     sign_in,
+    sign_out,
     signed_in,
     token_matches,
 )
+from node.http.upload import UploadError
 from node.outbox import Outbox
 
 RECENT = 50
@@ -56,28 +63,84 @@ def page(request: Request, context: Context, study: str = "") -> HTMLResponse:
 
 @router.post("/login", include_in_schema=False)
 async def login(request: Request, context: Context) -> Response:
-    token = context.settings.api.token
-    form = await request.form()
-    given = str(form.get("token", ""))
-    if not token or not token_matches(given, token):
-        return HTMLResponse(_sign_in_page("Wrong token."), status_code=401)
+    """Sign in with the token (a session cookie); wrong tokens make the address wait."""
+    api, now = context.settings.api, context.clock()
+    address = request.client.host if request.client else ""
+    wait = context.throttle.wait(address, now)
+    if wait > 0:
+        message = f"Too many wrong tokens: try again in {math.ceil(wait)} s."
+        headers = {"Retry-After": str(math.ceil(wait))}
+        return HTMLResponse(_sign_in_page(message), status_code=429, headers=headers)
+    try:
+        given = await _token_of(request)
+    except UploadError as exc:
+        return HTMLResponse(_sign_in_page(exc.message), status_code=exc.status)
+    if not api.token or not token_matches(given, api.token):
+        delay = context.throttle.failed(address, now, api.sign_in_delay_max)
+        message = f"Wrong token. The next try is possible in {math.ceil(delay)} s."
+        return HTMLResponse(_sign_in_page(message), status_code=401)
+    context.throttle.succeeded(address)
     response = RedirectResponse("/", status_code=303)
-    sign_in(response, token)
+    sign_in(request, response)
     return response
 
 
-@router.get("/deliveries", dependencies=[Depends(authorised)])
+@router.post("/logout", include_in_schema=False)
+def logout(request: Request) -> Response:
+    """End the session; back to the sign-in form."""
+    response = RedirectResponse("/", status_code=303)
+    sign_out(request, response)
+    return response
+
+
+@router.get("/deliveries", dependencies=[Depends(authorised)], responses=UNAUTHORISED)
 def deliveries(context: Context, state: str = "FAILED", limit: int = 100) -> list[dict[str, Any]]:
     return context.index.deliveries(state, limit)
 
 
-@router.post("/deliveries/{delivery_id}/retry", dependencies=[Depends(authorised)])
-def retry(delivery_id: int, request: Request, context: Context) -> Response:
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    dependencies=[Depends(authorised)],
+    responses={
+        303: {"description": "Requeued, back to the dashboard (a browser's form)."},
+        **UNAUTHORISED,
+        **FOREIGN,
+        404: {
+            "description": "No FAILED delivery with this id.",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"requeued": {"type": "integer"}}}
+                }
+            },
+        },
+    },
+)
+def retry(delivery_id: RowId, request: Request, context: Context) -> Response:
     """Queue a FAILED delivery again (the outbox sends it at its next tick)."""
     count = Outbox(context.index, Path("."), {}, context.settings.outbox).retry([delivery_id])
     if "text/html" in request.headers.get("accept", ""):
         return RedirectResponse("/", status_code=303)
     return JSONResponse({"requeued": count}, status_code=200 if count else 404)
+
+
+SIGN_IN_BYTES = 4096
+SIGN_IN_SECONDS = 10.0
+
+
+async def _token_of(request: Request) -> str:
+    """The ``token`` of the sign-in form. /login is open to anyone, so its body is bounded
+    in size and in time (Starlette's form parser would buffer any urlencoded body)."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout(SIGN_IN_SECONDS):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > SIGN_IN_BYTES:
+                    raise UploadError(413, "too_large", "The sign-in form is too large.")
+    except TimeoutError as exc:
+        raise UploadError(408, "timeout", "The sign-in form did not arrive in time.") from exc
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    return fields.get("token", [""])[0]
 
 
 def _studies(context: ApiContext) -> list[dict[str, Any]]:
@@ -142,6 +205,7 @@ img {{ max-width: 100%; border: 1px solid #ccc; }}
 code {{ font-size: 0.85rem; }}
 </style></head><body>
 <h1>ctnode</h1>
+<form method="post" action="/logout"><button type="submit">Sign out</button></form>
 <h2>Recent studies</h2>
 <table id="studies"><thead><tr><th>study</th><th>series</th><th>last received (UTC)</th>
 <th>state</th><th>probability</th><th>pathology</th><th>most dangerous</th>

@@ -2,12 +2,15 @@
 
 The body is parsed as it streams in (python-multipart's push parser), so an upload of a
 whole CT study never sits in memory, and the byte cap is enforced on what actually arrives,
-not only on a Content-Length a client may omit or understate. The file's name on disk is
-ours; the client's file name is never used.
+not only on a Content-Length a client may omit or understate. The whole body must arrive
+within a deadline, so a client that promises more than it sends (or trickles it) cannot hold
+a request, a file and a worker slot forever. The file's name on disk is ours; the client's
+file name is never used.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -27,12 +30,18 @@ class UploadError(Exception):
 
 
 async def receive_file(
-    content_type: str, body: AsyncIterator[bytes], field: str, target: Path, cap: int
+    content_type: str,
+    body: AsyncIterator[bytes],
+    field: str,
+    target: Path,
+    cap: int,
+    timeout: float,
 ) -> int:
     """Write the multipart part named ``field`` of ``body`` to ``target``; its size.
 
-    Raises ``UploadError`` (413 beyond ``cap`` bytes of body, 400 for a body that is not
-    multipart or has no such part); ``target`` is removed on any failure.
+    Raises ``UploadError`` (413 beyond ``cap`` bytes of body, 408 when the body has not
+    all arrived within ``timeout`` seconds, 400 for a body that is not multipart, has no
+    such part, or whose part is empty); ``target`` is removed on any failure.
     """
     kind, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -52,20 +61,30 @@ async def receive_file(
         )
         received = 0
         try:
-            async for chunk in body:
-                received += len(chunk)
-                if received > cap:
-                    raise UploadError(413, "too_large", f"the upload exceeds {cap // 2**20} MiB")
-                parser.write(chunk)
+            async with asyncio.timeout(timeout):
+                async for chunk in body:
+                    received += len(chunk)
+                    if received > cap:
+                        raise UploadError(
+                            413, "too_large", f"the upload exceeds {cap // 2**20} MiB"
+                        )
+                    parser.write(chunk)
             parser.finalize()
             if not sink.found:
                 raise UploadError(400, "no_file", f"the request has no multipart field '{field}'")
+            if out.tell() == 0:
+                raise UploadError(400, "empty_file", f"the multipart field '{field}' is empty")
             # No fsync: the archive is transient; each instance in it is made durable
             # when the SCP's store path places it in the spool.
             return out.tell()
         except UploadError:
             target.unlink(missing_ok=True)
             raise
+        except TimeoutError as exc:
+            target.unlink(missing_ok=True)
+            raise UploadError(
+                408, "upload_timeout", f"the upload did not arrive within {timeout:g} s"
+            ) from exc
         except Exception as exc:  # a malformed body: python-multipart's parse errors
             target.unlink(missing_ok=True)
             raise UploadError(
@@ -97,10 +116,10 @@ class _FieldSink:
         if self.header.lower() == b"content-disposition":
             _, params = parse_options_header(bytes(self.value))
             self.name = params.get(b"name", b"").decode("utf-8", "replace")
+            self.found = self.found or self.name == self.field
         self.header.clear()
         self.value.clear()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.name == self.field:
-            self.found = True
             self.out.write(data[start:end])
