@@ -1,7 +1,8 @@
 """Logging set-up: one line per event with the association or job correlation id.
 
-Messages carry hashed UIDs only (``scp.uids.uid_hash``) and never patient attributes; that
-is a rule for every ``log.*`` call in the code base, not something this module can enforce.
+Messages carry hashed UIDs only (``scp.uids.uid_hash``) and never patient attributes: a rule
+for every ``log.*`` call in the code base, and, for what libraries log or warn, the handler's
+``node.redaction.Redaction`` filter.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 
 from config import LoggingSettings
+from node.redaction import Redaction
 
 
 class _CorrelationDefault(logging.Filter):
@@ -30,7 +32,9 @@ class _JSONFormatter(logging.Formatter):
             "cid": getattr(record, "cid", "-"),
             "message": record.getMessage(),
         }
-        if record.exc_info:
+        if record.exc_text:  # formatted, and redacted, by the handler's filter
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
@@ -38,6 +42,7 @@ class _JSONFormatter(logging.Formatter):
 def configure(settings: LoggingSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_CorrelationDefault())
+    handler.addFilter(Redaction())
     if settings.json:
         handler.setFormatter(_JSONFormatter())
     else:
@@ -50,3 +55,4 @@ def configure(settings: LoggingSettings) -> None:
     # pynetdicom logs every PDU at INFO/DEBUG, including patient-level data set summaries.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # library warnings through the same handler and redaction
