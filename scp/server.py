@@ -31,6 +31,7 @@ from pydicom.tag import BaseTag, Tag
 
 from config import SCPSettings
 from scp import header
+from scp import tls as tls_contexts
 from scp import upper_layer as ul
 from scp.admission import Admission, Limits
 from scp.group_commit import CommitFailed, GroupCommit
@@ -183,17 +184,15 @@ class StorageSCP:
         tls = self.settings.tls
         if not tls.enabled:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(tls.certificate, tls.private_key)
-        if tls.ca_certificates:
-            context.load_verify_locations(cafile=tls.ca_certificates)
-            context.verify_mode = (
-                ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
-            )
-        elif tls.require_client_certificate:
-            raise ValueError("scp.tls.require_client_certificate needs scp.tls.ca_certificates")
-        return context
+        return tls_contexts.server_context(
+            certificate=tls.certificate,
+            private_key=tls.private_key,
+            passphrase_file=tls.private_key_passphrase_file,
+            ca_certificates=tls.ca_certificates,
+            require_client_certificate=tls.require_client_certificate,
+            profile=tls.profile,
+            min_version=tls.min_version,
+        )
 
     # -- connections ----------------------------------------------------------------------
 

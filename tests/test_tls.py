@@ -1,0 +1,110 @@
+"""DICOM TLS (PS3.15 B.9/B.10, BCP 195) against a real node, with Python's ``ssl`` as the
+peer: the profile's protocols and suites and nothing else, the files it loads, the reasons a
+refused certificate is recorded with."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import config
+from node.serve import Node
+from scp import tls as tls_contexts
+from tests.test_scp_network import make_settings
+
+TLS12 = ssl.TLSVersion.TLSv1_2
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[Any]:
+    nodes: list[Node] = []
+
+    def start(**tls: Any) -> Node:
+        settings = config.TLSSettings(
+            enabled=True,
+            certificate=str(tls_files["cert"]),
+            private_key=str(tls_files["key"]),
+            **tls,
+        )
+        node = Node(make_settings(tmp_path / f"node{len(nodes)}", tls=settings))
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def handshake(
+    port: int,
+    ca: Path,
+    *,
+    version: ssl.TLSVersion | None = None,
+    ciphers: str | None = None,
+) -> tuple[str, str] | None:
+    """(protocol, suite) the node agreed to, or None when the handshake was refused."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as conn:
+                protocol, suite = conn.version(), conn.cipher()
+                assert protocol is not None and suite is not None
+                return protocol, suite[0]
+        except (ssl.SSLError, ConnectionError):
+            return None
+
+
+def tls12_suites() -> list[str]:
+    """Every TLS 1.2 (and older) suite this OpenSSL can offer as a client."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    return [c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"]
+
+
+def profile_suites(profile: str) -> set[str]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers(tls_contexts.PROFILES[profile])
+    return {c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"}
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("profile", ["bcp195-nd", "bcp195"])
+def test_only_the_profiles_suites_are_agreed(
+    tls_node: Any, tls_files: dict[str, Path], profile: str
+) -> None:
+    node = tls_node(profile=profile)
+    port, ca = node.scp.port, tls_files["ca"]
+    allowed = profile_suites(profile)
+    agreed = {
+        suite
+        for suite in tls12_suites()
+        if handshake(port, ca, version=TLS12, ciphers=f"{suite}:@SECLEVEL=0") is not None
+    }
+    # every suite outside the profile refused; every one the RSA certificate can serve agreed
+    assert agreed <= allowed
+    assert {s for s in allowed if "ECDHE-RSA" in s} <= agreed
+    tls13 = handshake(port, ca, version=ssl.TLSVersion.TLSv1_3)
+    assert tls13 is not None and tls13[0] == "TLSv1.3"
+    for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        assert handshake(port, ca, version=old, ciphers="ALL:@SECLEVEL=0") is None
+    for aead in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305"):
+        assert aead in agreed
+    cbc = {"ECDHE-RSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA384"}
+    assert (cbc <= agreed) == (profile == "bcp195")
+    assert not any(s.startswith(("AES", "DES", "RC4")) or s.endswith("-SHA") for s in agreed)
+
+
+def test_min_version_13_refuses_tls12(tls_node: Any, tls_files: dict[str, Path]) -> None:
+    node = tls_node(min_version="1.3")
+    assert handshake(node.scp.port, tls_files["ca"], version=TLS12) is None
+    assert handshake(node.scp.port, tls_files["ca"]) is not None
