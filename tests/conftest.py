@@ -90,7 +90,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ca("ca")
         ca("other_ca")
         leaf("cert", "localhost", "DNS:localhost,IP:127.0.0.1")
-        paths["key"] = paths.pop("cert_key")
+        paths["key"] = paths["cert_key"]
         leaf("client", "MODALITY1", "")
         leaf("stranger", "localhost", "DNS:localhost,IP:127.0.0.1", issuer="other_ca")
         leaf("otherhost", "otherhost", "DNS:otherhost")
