@@ -31,10 +31,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AllowedCaller:
-    """A calling AE title the SCP accepts, optionally only from one address or network."""
+    """A calling AE title the SCP accepts, optionally only from one address or network, and
+    only with one TLS client certificate: its subject common name, or its SHA-256
+    fingerprint (64 hex digits, colons allowed)."""
 
     ae_title: str
     network: str = ""
+    certificate: str = ""
 
 
 @dataclass(frozen=True)

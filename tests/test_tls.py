@@ -4,8 +4,11 @@ refused certificate is recorded with."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,10 @@ from typing import Any
 import pytest
 
 import config
+from config import AllowedCaller
 from node.serve import Node
 from scp import tls as tls_contexts
-from tests.test_scp_network import make_settings
+from tests.test_scp_network import associate, make_settings
 
 TLS12 = ssl.TLSVersion.TLSv1_2
 
@@ -24,14 +28,14 @@ TLS12 = ssl.TLSVersion.TLSv1_2
 def tls_node(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[Any]:
     nodes: list[Node] = []
 
-    def start(**tls: Any) -> Node:
+    def start(scp: dict[str, Any] | None = None, **tls: Any) -> Node:
         settings = config.TLSSettings(
             enabled=True,
             certificate=str(tls_files["cert"]),
             private_key=str(tls_files["key"]),
             **tls,
         )
-        node = Node(make_settings(tmp_path / f"node{len(nodes)}", tls=settings))
+        node = Node(make_settings(tmp_path / f"node{len(nodes)}", tls=settings, **(scp or {})))
         node.start()
         nodes.append(node)
         return node
@@ -108,3 +112,51 @@ def test_min_version_13_refuses_tls12(tls_node: Any, tls_files: dict[str, Path])
     node = tls_node(min_version="1.3")
     assert handshake(node.scp.port, tls_files["ca"], version=TLS12) is None
     assert handshake(node.scp.port, tls_files["ca"]) is not None
+
+
+def test_a_refused_handshake_is_logged_with_the_peer_and_the_reason(
+    tls_node: Any, tls_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    node = tls_node(min_version="1.3")
+    with caplog.at_level(logging.INFO, logger="scp.server"):
+        assert handshake(node.scp.port, tls_files["ca"], version=TLS12) is None
+        deadline = time.monotonic() + 5
+        while "refused" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "TLS handshake from 127.0.0.1 refused: TLS: UNSUPPORTED_PROTOCOL" in caplog.text
+    assert "connection lost" not in caplog.text
+
+
+def fingerprint(pem: Path) -> str:
+    der = ssl.PEM_cert_to_DER_cert(pem.read_text())
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def test_allowed_callers_bind_a_title_to_a_client_certificate(
+    tls_node: Any, tls_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    callers = (
+        AllowedCaller("MODALITY1", certificate="MODALITY1"),
+        AllowedCaller("BYPRINT", certificate=fingerprint(tls_files["client"])),
+        AllowedCaller("SOMEONE", certificate="SOMEONE-ELSE"),
+    )
+    node = tls_node(
+        scp={"allowed_callers": callers},
+        ca_certificates=str(tls_files["ca"]),
+        require_client_certificate=True,
+    )
+    client = tls_contexts.client_context(
+        ca_certificates=str(tls_files["ca"]),
+        certificate=str(tls_files["client"]),
+        private_key=str(tls_files["client_key"]),
+    )
+    with caplog.at_level(logging.INFO, logger="scp.server"):
+        for calling, accepted in (("MODALITY1", True), ("BYPRINT", True), ("SOMEONE", False)):
+            assoc = associate(node, calling=calling, tls_args=(client, "localhost"))
+            assert assoc.is_established == accepted, calling
+            if accepted:
+                assoc.release()
+    assert "client certificate CN='MODALITY1' sha256=" in caplog.text
+    assert "calling AE title SOMEONE not allowed from 127.0.0.1 with client certificate" in (
+        caplog.text
+    )
