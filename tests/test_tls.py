@@ -8,6 +8,7 @@ import hashlib
 import logging
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,75 @@ def test_allowed_callers_bind_a_title_to_a_client_certificate(
     assert "calling AE title SOMEONE not allowed from 127.0.0.1 with client certificate" in (
         caplog.text
     )
+
+
+def server_context(tls_files: dict[str, Path], **kwargs: str) -> ssl.SSLContext:
+    files = {"certificate": str(tls_files["cert"]), "private_key": str(tls_files["key"])}
+    return tls_contexts.server_context(**{**files, **kwargs})  # type: ignore[arg-type]
+
+
+def test_unusable_files_fail_at_start_naming_the_file(
+    tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    for key in ("certificate", "private_key", "ca_certificates", "passphrase_file"):
+        with pytest.raises(config.ConfigError, match=f"{missing}: no such file"):
+            server_context(tls_files, **{key: missing})
+    with pytest.raises(config.ConfigError, match="not a regular file"):
+        server_context(tls_files, ca_certificates=str(tmp_path))
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(config.ConfigError, match=f"ca_certificates {not_pem}: no PEM"):
+        server_context(tls_files, ca_certificates=str(not_pem))
+    with pytest.raises(config.ConfigError, match="does not match the certificate"):
+        server_context(tls_files, private_key=str(tls_files["client_key"]))
+
+
+def test_an_encrypted_key_needs_its_passphrase_file(
+    tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    encrypted = tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "pkey", "-in", str(tls_files["key"]), "-aes256"),
+            *("-passout", "pass:s3cret", "-out", str(encrypted)),
+        ],
+        check=True,
+    )
+    encrypted.chmod(0o600)
+    passphrase, wrong = tmp_path / "passphrase", tmp_path / "wrong"
+    passphrase.write_text("s3cret\n")
+    wrong.write_text("guess\n")
+    server_context(tls_files, private_key=str(encrypted), passphrase_file=str(passphrase))
+    with pytest.raises(config.ConfigError, match="is encrypted: set private_key_passphrase_file"):
+        server_context(tls_files, private_key=str(encrypted))  # and no prompt on the terminal
+    with pytest.raises(config.ConfigError, match="wrong passphrase"):
+        server_context(tls_files, private_key=str(encrypted), passphrase_file=str(wrong))
+
+
+def test_a_key_others_can_read_is_warned_about(
+    tls_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exposed = tmp_path / "key.pem"
+    exposed.write_bytes(tls_files["key"].read_bytes())
+    exposed.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="scp.tls"):
+        server_context(tls_files, private_key=str(exposed))
+    assert f"private_key {exposed} is readable by group or others (mode 644)" in caplog.text
+    caplog.clear()
+    exposed.chmod(0o600)
+    server_context(tls_files, private_key=str(exposed))
+    assert "readable" not in caplog.text
+
+
+def test_a_node_with_a_missing_file_does_not_start(
+    tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    tls = config.TLSSettings(
+        enabled=True,
+        certificate=str(tls_files["cert"]),
+        private_key=str(tls_files["key"]),
+        ca_certificates=str(tmp_path / "ca.pem"),
+    )
+    with pytest.raises(config.ConfigError, match=f"scp.tls ca_certificates {tmp_path}"):
+        Node(make_settings(tmp_path / "node", tls=tls))
