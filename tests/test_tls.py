@@ -4,6 +4,7 @@ refused certificate is recorded with."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import config
+from cli import echo as cli_echo
 from config import AllowedCaller
 from node.serve import Node
 from scp import tls as tls_contexts
@@ -233,3 +235,29 @@ def test_a_node_with_a_missing_file_does_not_start(
     )
     with pytest.raises(config.ConfigError, match=f"scp.tls ca_certificates {tmp_path}"):
         Node(make_settings(tmp_path / "node", tls=tls))
+
+
+def test_ctnode_echo_speaks_tls_with_the_nodes_settings(
+    tls_node: Any, tls_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca, cert, key = (str(tls_files[name]) for name in ("ca", "cert", "key"))
+    node = tls_node(ca_certificates=ca, require_client_certificate=True)
+    settings = tmp_path / "node.toml"
+    settings.write_text(
+        f"[scp.tls]\nenabled = true\ncertificate = {cert!r}\nprivate_key = {key!r}\n"
+        f"ca_certificates = {ca!r}\nrequire_client_certificate = true\n"
+    )
+    plain = tmp_path / "plain.toml"
+    plain.write_text("")
+
+    def echo(config_file: Path, ca: str | None = None) -> int:
+        args = argparse.Namespace(
+            config=str(config_file), host=None, port=node.scp.port, aec=None,
+            aet="CTNODE-ECHO", timeout=5.0, ca=ca,
+        )  # fmt: skip
+        return cli_echo.run(args)
+
+    assert echo(settings) == 0  # the node's own certificate pinned and presented
+    assert echo(settings, ca=ca) == 0  # or verified against a CA, host name checked
+    assert echo(plain) == 1
+    assert "answered C-ECHO" in capsys.readouterr().out
