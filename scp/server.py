@@ -274,7 +274,7 @@ class StorageSCP:
         except PeerClosed:
             log.warning("connection closed by the peer", extra=extra)
         except (OSError, ssl.SSLError) as exc:
-            log.warning("connection lost: %s", exc, extra=extra)
+            log.warning("connection from %s lost: %s", address, exc, extra=extra)
         except Exception:  # a fault of ours must not leave the peer waiting
             log.exception("association failed: aborted", extra=extra)
             _send_quietly(conn, ul.abort(ul.SERVICE_PROVIDER, ul.NOT_SPECIFIED))
