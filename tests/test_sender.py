@@ -238,3 +238,34 @@ def test_the_tls_reason_reaches_the_outbox_and_ctnode_status(
     assert status.run(argparse.Namespace(config=None, json=True)) == 0
     [shown] = json.loads(capsys.readouterr().out)["retrying_deliveries"]
     assert shown["reason"] == row["reason"]
+
+
+def test_delivers_over_tls_to_dcmtk_storescp(
+    tmp_path: Path, files: list[Path], tls_files: dict[str, Path]
+) -> None:
+    """Interoperability: the node's default profile (BCP 195 Non-Downgrading) against
+    DCMTK's (the same by default), verifying storescp's certificate and host name."""
+    require("storescp")
+    port = free_port()
+    out = tmp_path / "pacs"
+    out.mkdir()
+    peer = subprocess.Popen(
+        [
+            *("storescp", "+tls", str(tls_files["key"]), str(tls_files["cert"]), "-ic"),
+            *("-aet", "PACS", "-od", str(out), str(port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    context = client_context(ca_certificates=str(tls_files["ca"]))
+    try:
+        wait_for_port(port)
+        destination = Destination(
+            "dcmtk", "127.0.0.1", port, "PACS", tls=context, tls_hostname="localhost"
+        )
+        deliveries = store(files, destination)
+    finally:
+        peer.terminate()
+        peer.wait()
+    assert [d.outcome for d in deliveries] == [Outcome.DONE] * 3
+    assert len(list(out.iterdir())) == 3

@@ -20,6 +20,7 @@ import pytest
 import config
 from cli import echo as cli_echo
 from config import AllowedCaller
+from node.outbox import destinations_from
 from node.serve import Node
 from scp import tls as tls_contexts
 from tests.test_scp_network import associate, make_settings
@@ -261,3 +262,12 @@ def test_ctnode_echo_speaks_tls_with_the_nodes_settings(
     assert echo(settings, ca=ca) == 0  # or verified against a CA, host name checked
     assert echo(plain) == 1
     assert "answered C-ECHO" in capsys.readouterr().out
+
+
+def test_a_destination_with_a_missing_file_does_not_start(tmp_path: Path) -> None:
+    destination = config.DestinationSettings(
+        "pacs", "pacs.example.org", 2762, "PACS", tls=True,
+        tls_ca_certificates=str(tmp_path / "pacs-ca.pem"),
+    )  # fmt: skip
+    with pytest.raises(config.ConfigError, match=f"destination pacs ca_certificates {tmp_path}"):
+        destinations_from([destination], [], "CTNODE", 5.0)
