@@ -103,6 +103,11 @@ def test_only_the_profiles_suites_are_agreed(
     assert {s for s in allowed if "ECDHE-RSA" in s} <= agreed
     tls13 = handshake(port, ca, version=ssl.TLSVersion.TLSv1_3)
     assert tls13 is not None and tls13[0] == "TLSv1.3"
+    assert tls13[1] in {
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    }
     for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         assert handshake(port, ca, version=old, ciphers="ALL:@SECLEVEL=0") is None
     for aead in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305"):
@@ -160,6 +165,18 @@ def test_allowed_callers_bind_a_title_to_a_client_certificate(
             assert assoc.is_established == accepted, calling
             if accepted:
                 assoc.release()
+        stranger = tls_contexts.client_context(
+            ca_certificates=str(tls_files["ca"]),
+            certificate=str(tls_files["stranger"]),
+            private_key=str(tls_files["stranger_key"]),
+        )
+        assert not associate(
+            node, calling="MODALITY1", tls_args=(stranger, "localhost")
+        ).is_established
+        deadline = time.monotonic() + 5
+        while "handshake from" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "TLS handshake from 127.0.0.1 refused: TLS: certificate refused: " in caplog.text
     assert "client certificate CN='MODALITY1' sha256=" in caplog.text
     assert "calling AE title SOMEONE not allowed from 127.0.0.1 with client certificate" in (
         caplog.text
