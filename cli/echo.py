@@ -1,5 +1,6 @@
 """``ctnode echo``: a DICOM C-ECHO (verification, PS3.4 Annex A) against a node, by default
-this one; exit 0 when it answers Success, 1 otherwise. The container's health check uses it.
+this one; exit 0 when it answers Success, 1 otherwise (2: settings unusable). The
+container's health check uses it.
 
 With ``[scp.tls]`` enabled it speaks TLS in the node's profile: by default it trusts exactly
 the node's own certificate (pinned, so the name it is reached by on loopback need not be in
