@@ -12,7 +12,12 @@ the runs come close to it), its peak RSS, and the ratio ctnode/storescp. Every r
 starts fresh for every run (new data dir).
 
     python benchmarks/ingest.py [--repeat 3] [--datasets real synthetic] [--processes 1 2]
-                                [--associations 1 4] [--baseline DIR] [--bare]
+                                [--associations 1 4] [--baseline DIR] [--bare] [--tls]
+
+``--tls`` adds DICOM TLS rows: storescu ``+tla`` (verifying the receiver's certificate, none
+of its own) pushing to ``storescp +tls`` and to ``ctnode serve`` with ``[scp.tls]`` on (its
+default profile, BCP 195 Non-Downgrading; certificates made with ``openssl`` for the run);
+their "vs storescp" column compares against storescp over TLS.
 
 ``--bare`` adds the issue's other reference, a bare pynetdicom SCP writing the raw received
 bytes (``benchmarks/bare_scp.py``), without and with an fsync per instance: the issue set
@@ -83,15 +88,53 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> tuple[float, float]:
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path
+    certificate: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TLSFiles:
+    """A throwaway CA and a certificate for 127.0.0.1, made with ``openssl``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ca_key = folder / "ca_key.pem"
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bench CA",
+            "-keyout", str(ca_key), "-out", str(files.ca))  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", str(files.key), "-out", str(folder / "req.pem"))  # fmt: skip
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", str(folder / "req.pem"), "-CA", str(files.ca), "-CAkey",
+            str(ca_key), "-CAcreateserial", "-days", "1", "-extfile", str(folder / "ext.cnf"),
+            "-out", str(files.certificate))  # fmt: skip
+    files.key.chmod(0o600)
+    return files
+
+
+def push(
+    files: Sequence[Path],
+    port: int,
+    ae_title: str,
+    associations: int,
+    tls: TLSFiles | None = None,
+) -> tuple[float, float]:
     """Wall seconds and the storescu processes' CPU seconds (the only children that end
     during the push)."""
+    tls_args = ["+tla", "+cf", str(tls.ca)] if tls is not None else []
     groups = [list(files[i::associations]) for i in range(associations)]
     cpu = _children_cpu()
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-xs", "-aec", ae_title, "127.0.0.1", str(port), *map(str, group)],
+            [
+                *("storescu", "-xs", *tls_args, "-aec", ae_title),
+                *("127.0.0.1", str(port), *map(str, group)),
+            ],
             env=DCMTK_ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -105,13 +148,17 @@ def push(files: Sequence[Path], port: int, ae_title: str, associations: int) -> 
     return time.perf_counter() - start, _children_cpu() - cpu
 
 
-def run_storescp(files: Sequence[Path], associations: int, workdir: Path) -> Result:
+def run_storescp(
+    files: Sequence[Path], associations: int, workdir: Path, tls: TLSFiles | None = None
+) -> Result:
+    tls_args = ["+tls", str(tls.key), str(tls.certificate), "-ic"] if tls is not None else []
     return _run_reference(
-        lambda port, out: ["storescp", "+xa", "-od", str(out), str(port)],
+        lambda port, out: ["storescp", "+xa", *tls_args, "-od", str(out), str(port)],
         "STORESCP",
         files,
         associations,
         workdir,
+        tls,
     )
 
 
@@ -133,6 +180,7 @@ def _run_reference(
     files: Sequence[Path],
     associations: int,
     workdir: Path,
+    tls: TLSFiles | None = None,
 ) -> Result:
     """A reference receiver that writes one file per instance into a folder of its own."""
     out = Path(tempfile.mkdtemp(prefix="reference-", dir=workdir))
@@ -143,7 +191,7 @@ def _run_reference(
     try:
         wait_for_port(port, timeout=30.0)
         cpu = cpu_seconds([proc.pid])
-        seconds, sender = push(files, port, ae_title, associations)
+        seconds, sender = push(files, port, ae_title, associations, tls)
         cpu = cpu_seconds([proc.pid]) - cpu
         rss = peak_rss_mb([proc.pid])
     finally:
@@ -157,7 +205,12 @@ def _run_reference(
 
 
 def run_ctnode(
-    files: Sequence[Path], associations: int, workdir: Path, processes: int, tree: Path = REPO
+    files: Sequence[Path],
+    associations: int,
+    workdir: Path,
+    processes: int,
+    tree: Path = REPO,
+    tls: TLSFiles | None = None,
 ) -> Result:
     data = Path(tempfile.mkdtemp(prefix="ctnode-", dir=workdir))
     port = free_port()
@@ -172,6 +225,10 @@ def run_ctnode(
         "CTNODE_LOGGING__LEVEL": "WARNING",
         "CTNODE_API__ENABLED": "false",
     }
+    if tls is not None:
+        env["CTNODE_SCP__TLS__ENABLED"] = "true"
+        env["CTNODE_SCP__TLS__CERTIFICATE"] = str(tls.certificate)
+        env["CTNODE_SCP__TLS__PRIVATE_KEY"] = str(tls.key)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "serve"],
         cwd=tree,  # ``-m`` puts the working directory first on the path
@@ -182,7 +239,7 @@ def run_ctnode(
     try:
         wait_for_port(port, timeout=30.0)
         cpu = cpu_seconds(process_tree(proc.pid))
-        seconds, sender = push(files, port, "CTNODE", associations)
+        seconds, sender = push(files, port, "CTNODE", associations, tls)
         cpu = cpu_seconds(process_tree(proc.pid)) - cpu
         rss = peak_rss_mb([proc.pid, *children(proc.pid)])
     finally:
@@ -228,6 +285,11 @@ def main() -> int:
         help="also run the issue's reference receiver, a bare pynetdicom SCP "
         "(benchmarks/bare_scp.py), without and with fsync",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="also push over DICOM TLS to storescp +tls and to ctnode with [scp.tls]",
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -244,6 +306,7 @@ def main() -> int:
         workdir = Path(tmp)
         if "synthetic" in args.datasets and not args.skip_synthetic:
             datasets["synthetic 500x512x512"] = synthetic_series(workdir / "synthetic")
+        tls = make_tls_files(workdir / "tls") if args.tls else None
         rows = []
         cores = os.cpu_count() or 1
         for name, files in datasets.items():
@@ -259,6 +322,10 @@ def main() -> int:
                 for label in trees:
                     for processes in args.processes:
                         receivers[f"{label} p={processes}"] = []
+                if tls is not None:
+                    receivers["storescp TLS"] = []
+                    for processes in args.processes:
+                        receivers[f"ctnode TLS p={processes}"] = []
                 for _ in range(args.repeat):
                     receivers["storescp"].append(run_storescp(files, associations, workdir))
                     if args.bare:
@@ -271,8 +338,17 @@ def main() -> int:
                             receivers[f"{label} p={processes}"].append(
                                 run_ctnode(files, associations, workdir, processes, tree)
                             )
-                reference = statistics.median(r.seconds for r in receivers["storescp"])
+                    if tls is not None:
+                        receivers["storescp TLS"].append(
+                            run_storescp(files, associations, workdir, tls)
+                        )
+                        for processes in args.processes:
+                            receivers[f"ctnode TLS p={processes}"].append(
+                                run_ctnode(files, associations, workdir, processes, REPO, tls)
+                            )
                 for receiver, results in receivers.items():
+                    against = "storescp TLS" if "TLS" in receiver else "storescp"
+                    reference = statistics.median(r.seconds for r in receivers[against])
                     seconds = statistics.median(r.seconds for r in results)
                     rss = max(r.peak_rss_mb for r in results)
                     cpu = statistics.median(r.cpu_seconds for r in results)

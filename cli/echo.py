@@ -1,15 +1,25 @@
 """``ctnode echo``: a DICOM C-ECHO (verification, PS3.4 Annex A) against a node, by default
-this one; exit 0 when it answers Success. The container's health check uses it."""
+this one; exit 0 when it answers Success, 1 otherwise (2: settings unusable). The
+container's health check uses it.
+
+With ``[scp.tls]`` enabled it speaks TLS in the node's profile: by default it trusts exactly
+the node's own certificate (pinned, so the name it is reached by on loopback need not be in
+it), or the CAs of ``--ca`` (the host name then checked); when the node requires client
+certificates it presents the node's own certificate and key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 
 from pynetdicom import AE
 
 from cli.common import add_config_argument, load_settings
+from config import ConfigError, TLSSettings
 from scp.requestor import Requestor
+from scp.tls import client_context
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +29,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aec", help="called AE title (default: scp.ae_title)")
     parser.add_argument("--aet", default="CTNODE-ECHO", help="calling AE title")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--ca", help="with TLS, verify the peer against these CAs (default: pin scp.tls's own)"
+    )
+
+
+def tls_context(tls: TLSSettings, ca: str | None) -> ssl.SSLContext:
+    """A requestor context for the node's own TLS settings (see the module docstring)."""
+    own = tls.require_client_certificate
+    context = client_context(
+        ca_certificates=ca or tls.certificate,
+        certificate=tls.certificate if own else "",
+        private_key=tls.private_key if own else "",
+        passphrase_file=tls.private_key_passphrase_file if own else "",
+        profile=tls.profile,
+        min_version=tls.min_version,
+        section="scp.tls",
+    )
+    if not ca:  # the node's own certificate is the trust anchor, whatever its issuer
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+    return context
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +61,15 @@ def run(args: argparse.Namespace) -> int:
     ae = AE(ae_title=args.aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = Requestor(ae.associate(host, port, ae_title=args.aec or settings.scp.ae_title))
+    tls_args = None
+    if settings.scp.tls.enabled:
+        try:
+            tls_args = (tls_context(settings.scp.tls, args.ca), host)
+        except ConfigError as exc:
+            print(f"ctnode echo: {exc}", file=sys.stderr)
+            return 1
+    called = args.aec or settings.scp.ae_title
+    assoc = Requestor(ae.associate(host, port, ae_title=called, tls_args=tls_args))
     if not assoc.is_established:
         print(f"no association with {host}:{port}", file=sys.stderr)
         return 1

@@ -42,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
             "WHERE state = 'FAILED' ORDER BY id"
         )
         pending = index.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'PENDING'")
+        retrying = index.query(
+            "SELECT id, destination, kind, series_uid, attempts, reason, updated FROM outbox "
+            "WHERE state = 'PENDING' AND attempts > 0 ORDER BY id"
+        )
         index.close()
     except sqlite3.Error as exc:
         print(f"cannot read the index: {exc}", file=sys.stderr)
@@ -55,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             "jobs": {j["state"]: j["n"] for j in jobs},
             "failed_deliveries": deliveries,
             "pending_deliveries": pending[0]["n"],
+            "retrying_deliveries": retrying,
         }
         print(json.dumps(summary, indent=2))
         return 0
@@ -62,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if deliveries:
         print(f"\n{len(deliveries)} failed deliveries (ctnode retry [ID ...] re-queues them):")
         for d in deliveries:
+            print(
+                f"  {d['id']:>6}  {d['destination']}  {d['kind']}  "
+                f"after {d['attempts']} attempts: {d['reason']}"
+            )
+    if retrying:
+        print(f"\n{len(retrying)} deliveries to be tried again:")
+        for d in retrying:
             print(
                 f"  {d['id']:>6}  {d['destination']}  {d['kind']}  "
                 f"after {d['attempts']} attempts: {d['reason']}"

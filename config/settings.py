@@ -31,21 +31,28 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AllowedCaller:
-    """A calling AE title the SCP accepts, optionally only from one address or network."""
+    """A calling AE title the SCP accepts, optionally only from one address or network, and
+    only with one TLS client certificate: its subject common name, or its SHA-256
+    fingerprint (64 hex digits, colons allowed)."""
 
     ae_title: str
     network: str = ""
+    certificate: str = ""
 
 
 @dataclass(frozen=True)
 class TLSSettings:
-    """DICOM TLS (PS3.15 Annex B.1): server certificate, optional client verification."""
+    """DICOM TLS (PS3.15 Annex B.9/B.10, BCP 195): server certificate, optional client
+    verification, the profile of allowed versions and suites (``scp.tls`` builds it)."""
 
     enabled: bool = False
     certificate: str = ""
     private_key: str = ""
+    private_key_passphrase_file: str = ""
     ca_certificates: str = ""
     require_client_certificate: bool = False
+    profile: Literal["bcp195-nd", "bcp195"] = "bcp195-nd"
+    min_version: Literal["1.2", "1.3"] = "1.2"
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,9 @@ class DestinationSettings:
     tls_ca_certificates: str = ""
     tls_certificate: str = ""
     tls_private_key: str = ""
+    tls_private_key_passphrase_file: str = ""
+    tls_profile: Literal["bcp195-nd", "bcp195"] = "bcp195-nd"
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Instance UIDs, and the PACS keeps one copy.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ from config import DestinationSettings, OutboxSettings, ReturnAddress
 from node.index import Index
 from node.index.deliveries import Attempt
 from scp.sender import Delivery, Destination, Outcome, store
+from scp.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,15 @@ def destinations_from(
     for d in configured:
         context = None
         if d.tls:
-            context = ssl.create_default_context(cafile=d.tls_ca_certificates or None)
-            if d.tls_certificate:
-                context.load_cert_chain(d.tls_certificate, d.tls_private_key or None)
+            context = client_context(
+                ca_certificates=d.tls_ca_certificates,
+                certificate=d.tls_certificate,
+                private_key=d.tls_private_key,
+                passphrase_file=d.tls_private_key_passphrase_file,
+                profile=d.tls_profile,
+                min_version=d.tls_min_version,
+                section=f"destination {d.name}",
+            )
         result[d.name] = Destination(
             d.name,
             d.host,

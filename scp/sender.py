@@ -16,16 +16,19 @@ one of three outcomes, so the outbox knows what to do next:
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, cast
 
 from pydicom import dcmread
 from pynetdicom import AE, _config
 
 from scp.requestor import Requestor
+from scp.tls import failure_reason
 from scp.uids import uid_hash
 
 log = logging.getLogger(__name__)
@@ -98,8 +101,10 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
     for pair in dict.fromkeys((o.sop_class_uid, o.transfer_syntax) for o in objects):
         ae.add_requested_context(*pair)
     tls_args = None
-    if destination.tls is not None:
-        tls_args = (destination.tls, destination.tls_hostname or destination.host)
+    handshake = _Handshake(destination.tls) if destination.tls is not None else None
+    if handshake is not None:
+        context = cast(ssl.SSLContext, handshake)  # pynetdicom only calls wrap_socket
+        tls_args = (context, destination.tls_hostname or destination.host)
     try:
         assoc = Requestor(
             ae.associate(
@@ -110,6 +115,9 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
         return [_all(o, Outcome.RETRY, None, f"no connection: {exc}") for o in objects]
     if not assoc.is_established:
         outcome, reason = _association_failure(assoc)
+        if handshake is not None and handshake.errors:
+            reason = failure_reason(handshake.errors[-1])
+            log.warning("TLS with %s refused: %s", destination.name, reason)
         return [_all(o, outcome, None, reason) for o in objects]
 
     accepted = {
@@ -148,6 +156,35 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
             delivery.reason,
         )
     return deliveries
+
+
+class _RecordingSocket(ssl.SSLSocket):
+    """An ``SSLSocket`` that keeps the error its handshake failed with: pynetdicom logs it
+    and aborts, and the delivery would only say "association aborted"."""
+
+    errors: list[ssl.SSLError]
+
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)
+        except ssl.SSLError as exc:
+            self.errors.append(exc)
+            raise
+
+
+class _Handshake:
+    """Stands in for the destination's ``SSLContext`` for one association, so the TLS
+    failure of that association (and no other sharing the context) can be told."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.errors: list[ssl.SSLError] = []
+
+    def wrap_socket(self, sock: socket.socket, **kwargs: Any) -> ssl.SSLSocket:
+        conn = self.context.wrap_socket(sock, **kwargs)
+        conn.__class__ = _RecordingSocket
+        cast(_RecordingSocket, conn).errors = self.errors
+        return conn
 
 
 def _association_failure(assoc: object) -> tuple[Outcome, str]:

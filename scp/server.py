@@ -31,6 +31,7 @@ from pydicom.tag import BaseTag, Tag
 
 from config import SCPSettings
 from scp import header
+from scp import tls as tls_contexts
 from scp import upper_layer as ul
 from scp.admission import Admission, Limits
 from scp.group_commit import CommitFailed, GroupCommit
@@ -70,6 +71,10 @@ _REFUSAL_LOG_INTERVAL = 5.0
 
 # As tag numbers: dcmread otherwise looks every keyword up again for every instance.
 _HEADER_TAG_NUMBERS: list[BaseTag] = [Tag(keyword) for keyword in header.HEADER_TAGS]
+
+
+class TLSRefused(Exception):
+    """The TLS handshake failed: the peer gets no association, the log its address and why."""
 
 
 @dataclass(frozen=True)
@@ -183,17 +188,15 @@ class StorageSCP:
         tls = self.settings.tls
         if not tls.enabled:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(tls.certificate, tls.private_key)
-        if tls.ca_certificates:
-            context.load_verify_locations(cafile=tls.ca_certificates)
-            context.verify_mode = (
-                ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
-            )
-        elif tls.require_client_certificate:
-            raise ValueError("scp.tls.require_client_certificate needs scp.tls.ca_certificates")
-        return context
+        return tls_contexts.server_context(
+            certificate=tls.certificate,
+            private_key=tls.private_key,
+            passphrase_file=tls.private_key_passphrase_file,
+            ca_certificates=tls.ca_certificates,
+            require_client_certificate=tls.require_client_certificate,
+            profile=tls.profile,
+            min_version=tls.min_version,
+        )
 
     # -- connections ----------------------------------------------------------------------
 
@@ -230,9 +233,9 @@ class StorageSCP:
         extra = {"cid": cid}
         associated = False
         try:
-            reader, request = self._handshake(conn, address, extra)
+            reader, request, identity = self._handshake(conn, address, extra)
             conn = reader.conn
-            rejection = self._rejection(request, address)
+            rejection = self._rejection(request, address, identity)
             refused = None if rejection else self.admission.associate(address)
             if refused is not None:
                 rejection = (2, 3, 2)  # transient, service provider (presentation), local limit
@@ -266,10 +269,12 @@ class StorageSCP:
                 _send_quietly(conn, ul.abort(ul.SERVICE_USER))
             else:  # the ARTIM timer's end: close the connection (PS3.8 9.2.3, AA-2)
                 log.warning("no A-ASSOCIATE-RQ within acse_timeout: connection closed", extra=extra)
+        except TLSRefused as exc:
+            log.warning("TLS handshake from %s refused: %s", address, exc, extra=extra)
         except PeerClosed:
             log.warning("connection closed by the peer", extra=extra)
         except (OSError, ssl.SSLError) as exc:
-            log.warning("connection lost: %s", exc, extra=extra)
+            log.warning("connection from %s lost: %s", address, exc, extra=extra)
         except Exception:  # a fault of ours must not leave the peer waiting
             log.exception("association failed: aborted", extra=extra)
             _send_quietly(conn, ul.abort(ul.SERVICE_PROVIDER, ul.NOT_SPECIFIED))
@@ -281,13 +286,28 @@ class StorageSCP:
 
     def _handshake(
         self, conn: socket.socket, address: str, extra: dict[str, str]
-    ) -> tuple[PDUReader, ul.AssociateRequest]:
+    ) -> tuple[PDUReader, ul.AssociateRequest, tuple[str, str] | None]:
         """The TLS handshake (if any) and the A-ASSOCIATE-RQ, within one ``acse_timeout``
-        deadline that no trickle of bytes renews."""
+        deadline that no trickle of bytes renews; with the client certificate's (subject
+        CN, SHA-256 fingerprint) when one was verified."""
         deadline = time.monotonic() + self.settings.acse_timeout
+        identity = None
         if self._tls is not None:
             conn.settimeout(self.settings.acse_timeout)  # a deadline for the whole handshake
-            conn = self._tls.wrap_socket(conn, server_side=True)
+            try:
+                tls_conn = self._tls.wrap_socket(conn, server_side=True)
+            except ssl.SSLError as exc:
+                raise TLSRefused(tls_contexts.failure_reason(exc)) from exc
+            conn = tls_conn
+            identity = tls_contexts.peer_identity(tls_conn)
+            log.info(
+                "TLS %s %s from %s, client certificate %s",
+                tls_conn.version(),
+                (tls_conn.cipher() or ("?",))[0],
+                address,
+                f"CN={identity[0]!r} sha256={identity[1]}" if identity else "none",
+                extra=extra,
+            )
         reader = PDUReader(conn)
         log.info("association requested from %s", address, extra=extra)
         left = deadline - time.monotonic()
@@ -299,9 +319,14 @@ class StorageSCP:
             raise ul.ProtocolError(
                 f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}", reason=reason
             )
-        return reader, ul.parse_associate_rq(bytes(body))
+        return reader, ul.parse_associate_rq(bytes(body)), identity
 
-    def _rejection(self, request: ul.AssociateRequest, address: str) -> tuple[int, int, int] | None:
+    def _rejection(
+        self,
+        request: ul.AssociateRequest,
+        address: str,
+        identity: tuple[str, str] | None = None,
+    ) -> tuple[int, int, int] | None:
         """Why an association is refused (PS3.8 9.3.4 result, source, reason), or None."""
         if not request.protocol_version & 1:
             return (1, 2, 2)
@@ -312,8 +337,13 @@ class StorageSCP:
             and request.called_ae != self.settings.ae_title.strip()
         ):
             return (1, 1, 7)
-        if not self.policy.allows(request.calling_ae, address):
-            log.warning("calling AE title %s not allowed from %s", request.calling_ae, address)
+        if not self.policy.allows(request.calling_ae, address, identity):
+            log.warning(
+                "calling AE title %s not allowed from %s with client certificate %s",
+                request.calling_ae,
+                address,
+                f"CN={identity[0]!r}" if identity else "none",
+            )
             return (1, 1, 3)
         return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,3 +48,53 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway PKI made with ``openssl``: a CA (``ca``), a server certificate for
+    localhost/127.0.0.1 (``cert``, ``key``), a client certificate ``CN=MODALITY1``
+    (``client``, ``client_key``), and bad server certificates: from another CA
+    (``stranger``), for another host (``otherhost``), expired (``expired``); each ``<name>``
+    with its key ``<name>_key``."""
+    folder = tmp_path_factory.mktemp("tls")
+    paths: dict[str, Path] = {}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    def ca(name: str) -> None:
+        paths[name], paths[f"{name}_key"] = folder / f"{name}.pem", folder / f"{name}_key.pem"
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN=ctnode test {name}",
+            "-keyout", str(paths[f"{name}_key"]), "-out", str(paths[name]),
+        )  # fmt: skip
+
+    def leaf(name: str, cn: str, san: str, issuer: str = "ca", days: str = "2") -> None:
+        cert, key = folder / f"{name}.pem", folder / f"{name}_key.pem"
+        paths[name], paths[f"{name}_key"] = cert, key
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", str(key), "-out", str(folder / "req.pem"),
+        )  # fmt: skip
+        (folder / "ext.cnf").write_text(f"subjectAltName={san}\n" if san else "\n")
+        openssl(
+            "x509", "-req", "-in", str(folder / "req.pem"), "-CA", str(paths[issuer]),
+            "-CAkey", str(paths[f"{issuer}_key"]), "-CAcreateserial", "-days", days,
+            "-extfile", str(folder / "ext.cnf"), "-out", str(cert),
+        )  # fmt: skip
+        key.chmod(0o600)
+
+    try:
+        ca("ca")
+        ca("other_ca")
+        leaf("cert", "localhost", "DNS:localhost,IP:127.0.0.1")
+        paths["key"] = paths["cert_key"]
+        leaf("client", "MODALITY1", "")
+        leaf("stranger", "localhost", "DNS:localhost,IP:127.0.0.1", issuer="other_ca")
+        leaf("otherhost", "otherhost", "DNS:otherhost")
+        leaf("expired", "localhost", "DNS:localhost,IP:127.0.0.1", days="0")
+    except FileNotFoundError:
+        pytest.skip("openssl is not installed: cannot make test certificates")
+    return paths

@@ -18,7 +18,6 @@ from node.http.api import https_context
 from node.http.auth import COOKIE, ApiContext, Sessions, SignInThrottle
 from node.serve import Node
 from tests.http_node import TOKEN, make_node
-from tests.test_scp_network import tls_files  # noqa: F401  (a fixture: a throwaway CA)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +170,7 @@ def test_every_response_carries_the_security_headers(node: Node, context: ApiCon
     assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
 
 
-def test_https_from_api_tls(tmp_path: Path, tls_files: dict[str, Path]) -> None:  # noqa: F811
+def test_https_from_api_tls(tmp_path: Path, tls_files: dict[str, Path]) -> None:
     tls = config.ApiTLSSettings(
         enabled=True, certificate=str(tls_files["cert"]), private_key=str(tls_files["key"])
     )

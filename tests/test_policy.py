@@ -34,3 +34,19 @@ def test_bad_rules_are_refused_at_start() -> None:
         AssociationPolicy((AllowedCaller("X", "10.0.0.0/33"),))
     with pytest.raises(ValueError, match="1-16"):
         AssociationPolicy((AllowedCaller("A" * 17),))
+
+
+def test_titles_bound_to_a_client_certificate() -> None:
+    print_ = "AB:" * 31 + "CD"
+    policy = AssociationPolicy(
+        (
+            AllowedCaller("CT1", certificate="ct1.example.org"),
+            AllowedCaller("CT2", certificate=print_),
+        )
+    )
+    ct1, ct2 = ("ct1.example.org", "00" * 32), ("other", "ab" * 31 + "cd")
+    assert policy.allows("CT1", "10.0.0.1", ct1)
+    assert not policy.allows("CT1", "10.0.0.1", ct2)
+    assert not policy.allows("CT1", "10.0.0.1", None)
+    assert policy.allows("CT2", "10.0.0.1", ct2)
+    assert not policy.allows("CT2", "10.0.0.1", ct1)

@@ -11,7 +11,6 @@ import hashlib
 import io
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -341,69 +340,6 @@ def test_transfer_cut_mid_data_set_leaves_nothing(start_node: Any, ending: str) 
     again = associate(node)
     assert again.send_c_store(ds).Status == 0
     again.release()
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    paths = {name: folder / f"{name}.pem" for name in ("ca", "ca_key", "cert", "key")}
-
-    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            ["openssl", *args],
-            check=True,
-            capture_output=True,
-        )
-
-    try:
-        run(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ctnode test CA",
-            "-keyout",
-            str(paths["ca_key"]),
-            "-out",
-            str(paths["ca"]),
-        )
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(paths["key"]),
-            "-out",
-            str(folder / "req.pem"),
-        )
-        (folder / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        run(
-            "x509",
-            "-req",
-            "-in",
-            str(folder / "req.pem"),
-            "-CA",
-            str(paths["ca"]),
-            "-CAkey",
-            str(paths["ca_key"]),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            str(folder / "ext.cnf"),
-            "-out",
-            str(paths["cert"]),
-        )
-    except FileNotFoundError:
-        pytest.skip("openssl is not installed: cannot make test certificates")
-    return paths
 
 
 def test_tls(start_node: Any, tls_files: dict[str, Path]) -> None:

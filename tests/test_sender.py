@@ -3,9 +3,14 @@ answers whatever status a test needs, to pin down the outcome classification."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -13,7 +18,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from cli import status
+from config import OutboxSettings
+from node.index import Index
+from node.index.deliveries import ResultObject, enqueue
+from node.outbox import Outbox
 from scp.sender import Destination, Outcome, classify_status, store
+from scp.tls import client_context
 from tests.factory import ct_series, write_series
 from tests.node_process import free_port, require, wait_for_port
 
@@ -150,3 +161,111 @@ def test_delivers_stored_bytes_to_dcmtk_storescp(tmp_path: Path, files: list[Pat
     for path in files:
         original = pydicom.dcmread(path)
         assert pydicom.dcmread(got[original.SOPInstanceUID]) == original
+
+
+@pytest.fixture
+def tls_pacs(tls_files: dict[str, Path]) -> Iterator[object]:
+    """A pynetdicom TLS SCP presenting the named certificate of ``tls_files``."""
+    servers: list[ThreadedAssociationServer] = []
+
+    def start(certificate: str) -> Destination:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_files[certificate], tls_files[f"{certificate}_key"])
+        ae = AE(ae_title="PACS")
+        ae.add_supported_context(CT, ExplicitVRLittleEndian)
+        server = ae.start_server(
+            ("127.0.0.1", 0),
+            block=False,
+            ssl_context=context,
+            evt_handlers=[(evt.EVT_C_STORE, lambda _event: 0x0000)],
+        )
+        assert server is not None
+        servers.append(server)
+        ours = client_context(ca_certificates=str(tls_files["ca"]))
+        port = int(server.server_address[1])
+        return Destination(
+            "pacs", "127.0.0.1", port, "PACS", tls=ours, tls_hostname="localhost", timeout=5
+        )
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("certificate", "reason"),
+    [
+        ("cert", "success"),
+        ("stranger", "certificate refused: unable to get local issuer certificate (code 20)"),
+        ("otherhost", "certificate refused: Hostname mismatch"),
+        ("expired", "certificate refused: certificate has expired (code 10)"),
+    ],
+)
+def test_a_refused_pacs_certificate_is_recorded_with_the_tls_reason(
+    tls_pacs: object, tls_files: dict[str, Path], files: list[Path], certificate: str, reason: str
+) -> None:
+    made = tls_files[certificate].stat().st_mtime
+    if certificate == "expired":  # valid for 0 days: expired a second after it was made
+        time.sleep(max(0.0, 1.1 - (time.time() - made)))
+    deliveries = store(files, tls_pacs(certificate))  # type: ignore[operator]
+    assert {d.outcome for d in deliveries} == {
+        Outcome.DONE if certificate == "cert" else Outcome.RETRY
+    }
+    assert reason in deliveries[0].reason
+
+
+def test_the_tls_reason_reaches_the_outbox_and_ctnode_status(
+    tls_pacs: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    index = Index(tmp_path)
+    results = tmp_path / "results"
+    paths = write_series(ct_series(1, 8, 8, seed="tls-outbox"), results / "job1")
+    with index.transaction() as conn:
+        enqueue(
+            conn,
+            1,
+            "s",
+            [ResultObject("sc", "1.2", str(paths[0].relative_to(results)))],
+            ["pacs"],
+            0.0,
+        )
+    destination = tls_pacs("stranger")  # type: ignore[operator]
+    Outbox(index, results, {"pacs": destination}, OutboxSettings(), clock=lambda: 0.0).tick()
+    [row] = index.deliveries("PENDING", 10)  # what GET /deliveries?state=pending answers
+    index.close()
+    assert "unable to get local issuer certificate" in row["reason"]
+    monkeypatch.setenv("CTNODE_STORAGE__DATA_DIR", str(tmp_path))
+    assert status.run(argparse.Namespace(config=None, json=True)) == 0
+    [shown] = json.loads(capsys.readouterr().out)["retrying_deliveries"]
+    assert shown["reason"] == row["reason"]
+
+
+def test_delivers_over_tls_to_dcmtk_storescp(
+    tmp_path: Path, files: list[Path], tls_files: dict[str, Path]
+) -> None:
+    """Interoperability: the node's default profile (BCP 195 Non-Downgrading) against
+    DCMTK's (the same by default), verifying storescp's certificate and host name."""
+    require("storescp")
+    port = free_port()
+    out = tmp_path / "pacs"
+    out.mkdir()
+    peer = subprocess.Popen(
+        [
+            *("storescp", "+tls", str(tls_files["key"]), str(tls_files["cert"]), "-ic"),
+            *("-aet", "PACS", "-od", str(out), str(port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    context = client_context(ca_certificates=str(tls_files["ca"]))
+    try:
+        wait_for_port(port)
+        destination = Destination(
+            "dcmtk", "127.0.0.1", port, "PACS", tls=context, tls_hostname="localhost"
+        )
+        deliveries = store(files, destination)
+    finally:
+        peer.terminate()
+        peer.wait()
+    assert [d.outcome for d in deliveries] == [Outcome.DONE] * 3
+    assert len(list(out.iterdir())) == 3
