@@ -230,7 +230,8 @@ def run_ctnode(
         env["CTNODE_SCP__TLS__CERTIFICATE"] = str(tls.certificate)
         env["CTNODE_SCP__TLS__PRIVATE_KEY"] = str(tls.key)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve"],
+        # trees before the command line moved to cli/ (--baseline) run it as ``-m node``
+        [sys.executable, "-m", "cli" if (tree / "cli").is_dir() else "node", "serve"],
         cwd=tree,  # ``-m`` puts the working directory first on the path
         env=env,
         stdout=subprocess.DEVNULL,
