@@ -29,7 +29,6 @@ from inference.prepare import StudyPlan, prepare_files
 from inference.selection import LUNG, Verdict
 from node.worker import AnalysisRequest, OutputObject, PipelineResult
 from reporting import legacy_json
-from reporting.sc import build_not_analysed_sc
 
 
 class AnalysisPipeline:
@@ -122,6 +121,10 @@ class AnalysisPipeline:
 def _not_analysed_page(
     request: AnalysisRequest, plan: StudyPlan, reason: str, out_dir: Path
 ) -> OutputObject:
+    # start-up time and memory: highdicom and the renderer (about 20 MB) load when a page
+    # is first needed, not in every process that serves
+    from reporting.sc import build_not_analysed_sc  # noqa: PLC0415
+
     ref = dcmread(request.files[0], stop_before_pixels=True)
     series = [
         (v.series_uid, f"series {v.series_number} {v.description}".strip(), v.reason)
