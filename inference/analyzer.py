@@ -24,15 +24,22 @@ that raises on one volume is reported as failed on that series; the others' resu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from inference.feature_schema import FeatureSet
 from inference.findings import AnalyzerResult
 from inference.volume import Volume
+
+if TYPE_CHECKING:
+    from config import NeuralSettings
+    from inference.weights_store import ModelEntry
 
 Mask = npt.NDArray[np.bool_]
 
@@ -66,3 +73,29 @@ class Analyzer(Protocol[Needs]):
     def weights_sha256(self) -> tuple[str, ...]: ...
 
     def analyze(self, needs: Needs, /) -> AnalyzerResult: ...
+
+
+Loader = Callable[[Path, "ModelEntry", "NeuralSettings"], "Analyzer[Any]"]
+
+
+@dataclass(frozen=True)
+class NeuralSpec:
+    """One neural analyzer: ``name`` as the weights manifest and the features name it,
+    ``title`` as reports name it, its ``feature_set`` with a title per feature, where its
+    loader lives (``module:function``, imported only when weights are registered) and
+    whether it reads the quantitative segmentation's masks (``Analyzer[Segmented]``) or the
+    volume alone (``Analyzer[Volume]``)."""
+
+    name: str
+    title: str
+    feature_set: FeatureSet
+    feature_titles: Mapping[str, str]
+    loader: str
+    needs_masks: bool = False
+
+    def load(self, store: Path, entry: ModelEntry, settings: NeuralSettings) -> Analyzer[Any]:
+        """The resident analyzer for ``entry``: imports the model code (and torch)."""
+        module, function = self.loader.split(":")
+        return cast(Loader, getattr(importlib.import_module(module), function))(
+            store, entry, settings
+        )

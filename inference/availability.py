@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.neural import BY_NAME
 from inference.weights_store import ModelEntry, WeightsError, read_manifest, status
 
 # The ensemble of the design card, by the ``analyzer`` name the manifest uses.
 NEURAL = ("ctclip", "ctclip-supervised", "diffusion-anomaly", "fvlm", "mednext", "fusion")
 # Neural analyzers the node runs when their weights verify (``inference.ensemble.build``).
-WIRED = frozenset({"ctclip", "ctclip-supervised"})
+WIRED = frozenset(BY_NAME)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from inference.feature_schema import FeatureSchema, FeatureSet
 from inference.findings import Analysis, AnalyzerResult
 from inference.fusion import FusionModel
 from inference.fusion.rules import RuleBasedFusion
+from inference.neural import BY_NAME as NEURAL_SPECS
+from inference.neural import SPECS
 from inference.quant import analyzer as quantitative
 from inference.volume import Volume
 
@@ -38,9 +40,12 @@ log = logging.getLogger(__name__)
 # Every analyzer's feature set, in the order a schema lists them.
 FEATURE_SETS: dict[str, FeatureSet] = {
     quantitative.NAME: quantitative.FEATURE_SET,
-    **ctclip_results.FEATURE_SETS,
+    **{s.name: s.feature_set for s in SPECS},
 }
-FEATURE_TITLES = {**quantitative.FEATURE_TITLES, **ctclip_results.FEATURE_TITLES}
+FEATURE_TITLES = {
+    **quantitative.FEATURE_TITLES,
+    **{name: title for s in SPECS for name, title in s.feature_titles.items()},
+}
 
 
 def feature_schema(analyzers: Sequence[str] = (quantitative.NAME,)) -> FeatureSchema:
@@ -159,23 +164,25 @@ def build(settings: Settings) -> Ensemble:
     states = analyzer_states(store, settings.fusion.model, settings.neural.models)
     entries = chosen_entries(store, settings.neural.models)
     neural: list[Analyzer[Volume]] = []
+    segmented: list[Analyzer[Segmented]] = []
     final: list[AnalyzerState] = []
     for state in states:
-        if not state.enabled or state.name not in ctclip_results.ANALYZERS:
+        spec = NEURAL_SPECS.get(state.name)
+        if not state.enabled or spec is None:
             final.append(state)
             continue
-        entry = entries[state.name]
         try:
-            # the torch boundary: torch is imported only when a neural model is registered
-            from inference.ctclip.analyzer import load  # noqa: PLC0415
-
-            neural.append(load(store, entry, settings.neural))
-            final.append(state)
+            # the torch boundary: a model's code (and torch) is imported only when its
+            # weights are registered
+            analyzer = spec.load(store, entries[state.name], settings.neural)
         except (ValueError, ImportError) as exc:
             log.error("analyzer %s cannot run: %s", state.name, exc)
             final.append(replace(state, enabled=False, reason=str(exc), fault=True))
+            continue
+        (segmented if spec.needs_masks else neural).append(analyzer)
+        final.append(state)
     _share_encoders(neural)
-    return Ensemble(tuple(neural), tuple(final))
+    return Ensemble(tuple(neural), tuple(final), tuple(segmented))
 
 
 def _share_encoders(analyzers: Sequence[Analyzer[Volume]]) -> None:

@@ -7,9 +7,10 @@ Legacy fields, exactly: ``study_uid``, ``series_uid``, ``probability_of_patholog
 ran: method, version, sha256 of its files, calibrated or not, threshold), per-analyzer
 results (``analyzers``, with the named ``features`` a fusion model reads, missing ones as
 null) and the SOP Instance UIDs of the DICOM objects written for this result
-(``report_sop_instance_uids``). ``ctclip_probabilities`` (and
-``ctclip_supervised_probabilities`` for ClassFine) map the 18 CT-RATE labels to CT-CLIP's
-P(present), null when that analyzer did not run; ``analyzers_not_run`` says which
+(``report_sop_instance_uids``). Every neural analyzer
+(``inference.neural``) has ``<analyzer>_probabilities``, its labels -> P(present), null
+when it did not run: ``ctclip_probabilities`` (and ``ctclip_supervised_probabilities`` for
+ClassFine) map the 18 CT-RATE labels to CT-CLIP's; ``analyzers_not_run`` says which
 analyzers of the ensemble gave no result and why.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from inference.feature_schema import json_ready
 from inference.findings import Analysis
+from inference.neural import TITLES as NEURAL_TITLES
 
 LEGACY_FIELDS: tuple[str, ...] = (
     "study_uid",
@@ -86,13 +88,17 @@ def success(
             }
             for r in analysis.results
         ],
-        "ctclip_probabilities": _probabilities(analysis, "ctclip"),
-        "ctclip_supervised_probabilities": _probabilities(analysis, "ctclip-supervised"),
+        **{probabilities_key(name): _probabilities(analysis, name) for name in NEURAL_TITLES},
         "analyzers_not_run": [{"analyzer": a, "reason": why} for a, why in analysis.not_run],
         "report_sop_instance_uids": {
             k: (v if isinstance(v, str) else list(v)) for k, v in report_uids.items()
         },
     }
+
+
+def probabilities_key(analyzer: str) -> str:
+    """``ctclip-supervised`` -> ``ctclip_supervised_probabilities``."""
+    return f"{analyzer.replace('-', '_')}_probabilities"
 
 
 def _probabilities(analysis: Analysis, analyzer: str) -> dict[str, float | None] | None:
@@ -120,8 +126,7 @@ def failure(
         "top_shap_features": None,
         "fusion": None,
         "analyzers": None,
-        "ctclip_probabilities": None,
-        "ctclip_supervised_probabilities": None,
+        **{probabilities_key(name): None for name in NEURAL_TITLES},
         "analyzers_not_run": None,
         "report_sop_instance_uids": None,
     }

@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from inference.ctclip.results import TITLES as NEURAL_TITLES
 from inference.ensemble import FEATURE_TITLES
 from inference.findings import Analysis, Fusion
+from inference.neural import TITLES as NEURAL_TITLES
 
 DISCLAIMER = "Not for primary diagnosis. Results must be reviewed by a radiologist."
 PAGE = (1024, 1024)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from inference.analyzer import NeuralSpec
 from inference.feature_schema import Feature, FeatureSet
 from inference.findings import CT_RATE_LABELS, AnalyzerResult, Finding, label_code
 
@@ -39,12 +40,17 @@ def feature_set(analyzer: str) -> FeatureSet:
     )
 
 
-FEATURE_SETS = {name: feature_set(name) for name in ANALYZERS}
-FEATURE_TITLES = {
-    feature_name(name, label): f"{TITLES[name]}: {label}"
+SPECS = tuple(
+    NeuralSpec(
+        name,
+        TITLES[name],
+        feature_set(name),
+        {feature_name(name, label): f"{TITLES[name]}: {label}" for label in CT_RATE_LABELS},
+        "inference.ctclip.analyzer:load",
+    )
     for name in ANALYZERS
-    for label in CT_RATE_LABELS
-}
+)
+FEATURE_SETS = {s.name: s.feature_set for s in SPECS}
 
 
 def to_result(
