@@ -14,6 +14,7 @@ concepts without a standard code are private.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 PRIVATE_SCHEME = "99CTNODE"
@@ -156,6 +157,19 @@ CT_RATE_LABELS: tuple[str, ...] = (
 )
 
 
+# Labels beyond CT-RATE's 18 that the seeds' MedNeXt classifier reports (its model card,
+# ``inference.mednext.card.DEFAULT_LABELS``), with their codes.
+MEDNEXT_EXTRA = {
+    "Pneumothorax": _sct("36118008", "Pneumothorax"),
+    "Lung mass": _own("CTN-0401", "Lung mass"),
+    "Pleural thickening": _own("CTN-0402", "Pleural thickening"),
+    "Rib fracture": _own("CTN-0403", "Rib fracture"),
+}
+MEDNEXT_EXTRA_LABELS: tuple[str, ...] = tuple(MEDNEXT_EXTRA)
+# Prefix of the codes derived for a site's labels the table does not know (finding_code).
+DERIVED_PREFIX = "CTNL-"
+
+
 def label_code(label: str) -> Code:
     """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``."""
     if label not in CT_RATE_LABELS:
@@ -163,6 +177,25 @@ def label_code(label: str) -> Code:
     if label in CT_RATE_SNOMED:
         return CT_RATE_SNOMED[label]
     return Code(f"CTRATE-{CT_RATE_LABELS.index(label) + 1:02d}", PRIVATE_SCHEME, label)
+
+
+def finding_code(label: str) -> Code:
+    """The code of any finding label a model card names: a CT-RATE label's
+    (:func:`label_code`), one of :data:`MEDNEXT_EXTRA`, else a private code derived from the
+    label alone, so the same label gets the same code on every node and every run:
+    ``CTNL-`` and the first 10 hex digits of the sha256 of the label with its white space
+    collapsed and its case folded, meaning the label as written. These values are outside
+    the table's (no other code starts ``CTNL-``) and never retired: a different label is a
+    different code."""
+    if label in CT_RATE_LABELS:
+        return label_code(label)
+    if label in MEDNEXT_EXTRA:
+        return MEDNEXT_EXTRA[label]
+    key = " ".join(label.split()).casefold()
+    if not key:
+        raise ValueError("a finding label must not be empty")
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
+    return Code(f"{DERIVED_PREFIX}{digest}", PRIVATE_SCHEME, label.strip()[:64])
 
 
 def measurement(name: str) -> Entry:
@@ -183,6 +216,7 @@ def table() -> list[Entry]:
     rows += [Entry(THRESHOLD, "unit of the measure")]
     rows += list(MEASUREMENTS.values())
     rows += [Entry(label_code(label)) for label in CT_RATE_LABELS]
+    rows += [Entry(code) for code in MEDNEXT_EXTRA.values()]
     merged: dict[tuple[str, str], Entry] = {}
     for row in rows:
         key = (row.code.value, row.code.scheme)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from inference.analyzer import NeuralSpec
 from inference.ctclip import results as ctclip_results
+from inference.mednext import results as mednext_results
 
-SPECS: tuple[NeuralSpec, ...] = (*ctclip_results.SPECS,)
+SPECS: tuple[NeuralSpec, ...] = (*ctclip_results.SPECS, *mednext_results.SPECS)
 BY_NAME: dict[str, NeuralSpec] = {s.name: s for s in SPECS}
 TITLES: dict[str, str] = {s.name: s.title for s in SPECS}
