@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--architecture", type=Path, help="hyperparameters JSON (sizes other than the published)"
     )
     reg.add_argument("--vocab", type=Path, help="tokenizer vocab.txt (zero-shot prompts)")
+    reg.add_argument(
+        "--card", type=Path, help="model card JSON (MedNeXt: labels, thresholds, preprocessing)"
+    )
     fet = sub.add_parser("fetch", help="download a model from its manifest URL, with resume")
     fet.add_argument("name")
     fet.add_argument(
@@ -86,7 +89,7 @@ def _check(settings: Settings) -> int:
 
 
 def _register(args: argparse.Namespace, store: Path) -> int:
-    """Register the file (and its architecture and vocab files) in ``store``."""
+    """Register the file (and its architecture, vocab and card files) in ``store``."""
     try:
         entry = weights_store.register(
             store,
@@ -98,6 +101,7 @@ def _register(args: argparse.Namespace, store: Path) -> int:
             origin=args.source,
             architecture=args.architecture,
             vocab=args.vocab,
+            card=args.card,
         )
     except (weights_store.WeightsError, OSError) as exc:
         print(f"ctnode weights: {exc}", file=sys.stderr)

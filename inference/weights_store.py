@@ -42,7 +42,8 @@ class ModelEntry:
     Optional for CT-CLIP checkpoints: ``architecture``, a JSON file in the store with the
     architecture's hyperparameters when they are not the published ones (the form of
     ``shared/models/ctclip-tiny-reference/tiny_config.json``), and ``vocab``, the tokenizer's
-    ``vocab.txt`` from which the prompt latents are computed once and cached.
+    ``vocab.txt`` from which the prompt latents are computed once and cached. ``card``: a
+    model card JSON in the store (MedNeXt: labels, thresholds, variant, preprocessing).
     """
 
     name: str
@@ -55,14 +56,16 @@ class ModelEntry:
     analyzer: str
     architecture: str = ""
     vocab: str = ""
+    card: str = ""
 
 
 FIELDS = ("name", "version", "file", "sha256", "size", "licence", "source", "analyzer")
-OPTIONAL_FIELDS = ("architecture", "vocab")
+OPTIONAL_FIELDS = ("architecture", "vocab", "card")
 HEADER = (
     "# Model weights the analyzers load, verified by sha256 before use.\n"
     "# One [[models]] table per file: name, version, file, sha256, size, licence, source, "
-    "analyzer;\n# CT-CLIP checkpoints may add architecture (JSON) and vocab (vocab.txt).\n"
+    "analyzer;\n# CT-CLIP checkpoints may add architecture (JSON) and vocab (vocab.txt); MedNeXt "
+    "a model card (card).\n"
 )
 
 
@@ -264,14 +267,15 @@ def register(
     origin: str = "",
     architecture: Path | None = None,
     vocab: Path | None = None,
+    card: Path | None = None,
 ) -> ModelEntry:
-    """Copy a weights file a site obtained into the store, with its ``architecture`` JSON
-    and tokenizer ``vocab`` when given, and add it to the manifest with its size and sha256:
-    for checkpoints whose provider publishes no hash we can ship."""
-    for path in (source, architecture, vocab):
+    """Copy a weights file a site obtained into the store, with its ``architecture`` JSON,
+    tokenizer ``vocab`` and model ``card`` when given, and add it to the manifest with its
+    size and sha256: for checkpoints whose provider publishes no hash we can ship."""
+    for path in (source, architecture, vocab, card):
         if path is not None and not path.is_file():
             raise WeightsError("no-file", f"{path} does not exist")
-    side = [_copy_into(store, p, p.name).name if p else "" for p in (architecture, vocab)]
+    side = [_copy_into(store, p, p.name).name if p else "" for p in (architecture, vocab, card)]
     target = _copy_into(store, source, source.name)
     entry = ModelEntry(
         name,

@@ -80,9 +80,7 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise CardError(f"spacing_mm must be 3 positive numbers, not {self.spacing_mm}")
-        if len(self.input_size) != 3 or any(
-            n < MULTIPLE or n % MULTIPLE for n in self.input_size
-        ):
+        if len(self.input_size) != 3 or any(n < MULTIPLE or n % MULTIPLE for n in self.input_size):
             raise CardError(
                 f"input_size must be 3 multiples of {MULTIPLE} (the encoder halves each "
                 f"axis 4 times), not {self.input_size}"
@@ -150,7 +148,8 @@ class ModelCard:
             "variant": self.variant,
             "kernel_size": self.kernel_size,
             "labels": [
-                {"name": n, "threshold": t} for n, t in zip(self.labels, self.thresholds, strict=True)
+                {"name": n, "threshold": t}
+                for n, t in zip(self.labels, self.thresholds, strict=True)
             ],
             "preprocessing": {
                 "spacing_mm": list(pre.spacing_mm),

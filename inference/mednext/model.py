@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from inference.mednext.card import VARIANTS, Architecture
+from inference.mednext.card import VARIANTS, Architecture, ModelCard
 
 ENCODER_PREFIXES = ("stem.", "enc_block_", "down_", "bottleneck.")
 DECODER_PREFIXES = ("up_", "dec_block_", "out_", "dummy_tensor")
@@ -132,7 +132,7 @@ class Block(nn.Module):
         self.conv3 = nn.Conv3d(exp_r * channels, out_channels, 1)
 
     def branch(self, x: Tensor) -> Tensor:
-        return self.conv3(self.act(self.conv2(self.norm(self.conv1(x)))))
+        return self.conv3(self.act(self.conv2(self.norm(self.conv1(x)))))  # type: ignore[no-any-return]
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.branch(x)
@@ -151,7 +151,7 @@ class DownBlock(Block):
         self.res_conv = nn.Conv3d(channels, 2 * channels, 1, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.branch(x) + self.res_conv(x)
+        return self.branch(x) + self.res_conv(x)  # type: ignore[no-any-return]
 
 
 class UpBlock(Block):
@@ -178,7 +178,7 @@ class OutBlock(nn.Module):
         self.conv_out = nn.ConvTranspose3d(channels, n_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_out(x)
+        return self.conv_out(x)  # type: ignore[no-any-return]
 
 
 def _stage(channels: int, exp_r: int, kernel: int, count: int) -> nn.Sequential:
@@ -209,13 +209,13 @@ def _run(stage: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
 
 def _encode(module: nn.Module, x: Tensor, checkpointed: bool) -> tuple[list[Tensor], Tensor]:
     """The four skip tensors (enc_block_0..3 outputs) and the bottleneck output."""
-    x = module.stem(x)
+    x = module.get_submodule("stem")(x)
     skips = []
     for i in range(4):
-        x = _run(getattr(module, f"enc_block_{i}"), x, checkpointed)
+        x = _run(module.get_submodule(f"enc_block_{i}"), x, checkpointed)
         skips.append(x)
-        x = _run(getattr(module, f"down_{i}"), x, checkpointed)
-    return skips, _run(module.bottleneck, x, checkpointed)
+        x = _run(module.get_submodule(f"down_{i}"), x, checkpointed)
+    return skips, _run(module.get_submodule("bottleneck"), x, checkpointed)
 
 
 class MedNeXt(nn.Module):
@@ -246,12 +246,12 @@ class MedNeXt(nn.Module):
         skips, x = _encode(self, x, ckpt)
         side: list[Tensor] = []
         if self.cfg.deep_supervision:
-            side.append(self.out_4(x))
+            side.append(self.get_submodule("out_4")(x))
         for i in (3, 2, 1, 0):
-            x = skips[i] + _run(getattr(self, f"up_{i}"), x, ckpt)
-            x = _run(getattr(self, f"dec_block_{i}"), x, ckpt)
+            x = skips[i] + _run(self.get_submodule(f"up_{i}"), x, ckpt)
+            x = _run(self.get_submodule(f"dec_block_{i}"), x, ckpt)
             if self.cfg.deep_supervision and i > 0:
-                side.append(getattr(self, f"out_{i}")(x))
+                side.append(self.get_submodule(f"out_{i}")(x))
         out = self.out_0(x)
         return [out, *reversed(side)] if self.cfg.deep_supervision else out
 
@@ -281,3 +281,9 @@ class MedNeXtClassifier(nn.Module):
 
     def encoder_keys(self) -> list[str]:
         return [k for k in self.state_dict() if k.startswith(ENCODER_PREFIXES)]
+
+
+def classifier_for(card: ModelCard) -> MedNeXtClassifier:
+    """The untrained classifier a card describes (variant or custom sizes, kernel, labels)."""
+    cfg = MedNeXtConfig.from_architecture(card.arch, card.kernel_size)
+    return MedNeXtClassifier(cfg, len(card.labels))
