@@ -203,7 +203,7 @@ def _run(stage: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
         return stage(x)  # type: ignore[no-any-return]
     blocks = list(stage) if isinstance(stage, nn.Sequential) else [stage]
     for block in blocks:
-        x = checkpoint(block, x, use_reentrant=False)  # type: ignore[assignment]
+        x = checkpoint(block, x, use_reentrant=False)
     return x
 
 
