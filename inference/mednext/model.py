@@ -268,12 +268,12 @@ class MedNeXtClassifier(nn.Module):
         self.cfg = cfg
         self.n_labels = n_labels
         _add_encoder(self, cfg)
-        self.head = nn.Linear(16 * cfg.n_channels, n_labels)
+        self.head = nn.Linear(2 * 16 * cfg.n_channels, n_labels)
 
     def pooled(self, x: Tensor) -> Tensor:
-        """(batch, 16 C) mean of the bottleneck over space."""
+        """(batch, 32 C): the bottleneck's mean over space, then its maximum."""
         _, bottom = _encode(self, x, self.cfg.checkpointing)
-        return bottom.mean(dim=(2, 3, 4))
+        return torch.cat([bottom.mean(dim=(2, 3, 4)), bottom.amax(dim=(2, 3, 4))], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, labels) logits of a (batch, 1, D, H, W) input."""
