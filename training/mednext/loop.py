@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from inference.mednext.checkpoint import state_dict_of
 from training.metrics import auroc, choose_threshold
