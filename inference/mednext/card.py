@@ -85,6 +85,11 @@ class Preprocessing:
                 f"input_size must be 3 multiples of {MULTIPLE} (the encoder halves each "
                 f"axis 4 times), not {self.input_size}"
             )
+        if math.prod(n // MULTIPLE for n in self.input_size) < 2:
+            raise CardError(
+                f"input_size {self.input_size} leaves one voxel at the bottleneck, where the "
+                "per-channel normalisation needs more: make one axis 32 or more"
+            )
         low, high = self.hu_window
         if not low < high:
             raise CardError(f"hu_window must be [low, high] with low < high, not {self.hu_window}")
