@@ -212,7 +212,7 @@ def _fresh() -> MedNeXtClassifier:
                 "amp_grad_scaler": {"scale": 65536.0},
             },
         ),
-        ("trainer+ddp", lambda s: {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in s.items()}}),
+        ("trainer+ddp", lambda s: {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in s.items()}}),  # noqa: E501
     ],
 )  # fmt: skip
 def test_the_three_checkpoint_layouts_load(layout: str, wrap: object, tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_anything_else_is_refused_naming_what_it_holds(
 def test_a_pickled_module_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "module.pt"
     torch.save(nn.Linear(2, 2), path)
-    with pytest.raises(CheckpointError, match="unreadable: module.pt is not a tensor file"):
+    with pytest.raises(CheckpointError, match=r"unreadable: module\.pt is not a tensor file"):
         read(path)
 
 
@@ -261,7 +261,7 @@ def test_weights_of_another_size_are_refused_by_key_and_shape() -> None:
     with pytest.raises(CheckpointError, match="shape-mismatch: 2 keys with wrong shape"):
         load_strict(MedNeXtClassifier(model.cfg, 5), state)
     state["decoder.extra"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match="key-mismatch: 0 missing .* 1 unexpected"):
+    with pytest.raises(CheckpointError, match=r"key-mismatch: 0 missing .* 1 unexpected"):
         load_strict(model, state)
     with pytest.raises(CheckpointError, match="not-mednext"):
         encoder_state(state)
