@@ -15,11 +15,12 @@ Exit codes: 0 done; 1 the inputs cannot be used (the message says why); 2 bad ar
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from cli.common import add_config_argument, load_settings
-from inference.mednext.card import VARIANTS, CardError, Preprocessing
+from inference.mednext.card import VARIANTS, Architecture, CardError, Preprocessing
 from training.mednext.loop import TrainOptions
 from training.mednext.workflow import Request, train_and_register
 
@@ -48,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--version", help="model version (default: the registered one + 1)")
     train.add_argument("--variant", choices=sorted(VARIANTS), default="B", help="MedNeXt size (B)")
     train.add_argument("--kernel-size", type=int, choices=(3, 5), default=3, help="3 or 5 (3)")
+    train.add_argument(
+        "--architecture",
+        type=Path,
+        metavar="JSON",
+        help="custom sizes instead of --variant: {n_channels, exp_r: [9], block_counts: [9]}",
+    )
     train.add_argument(
         "--init", type=Path, help="a MedNeXt segmentation checkpoint whose encoder to start from"
     )
@@ -82,6 +89,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _architecture(path: Path) -> Architecture:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return Architecture(
+            int(data["n_channels"]),
+            tuple(int(v) for v in data["exp_r"]),
+            tuple(int(v) for v in data["block_counts"]),
+            bool(data.get("checkpointing", False)),
+        )
+    except (KeyError, TypeError) as exc:
+        raise CardError(f"{path.name}: needs n_channels, exp_r and block_counts ({exc})") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     store = Path(args.store or settings.neural.weights_dir)
@@ -105,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             input_size=tuple(args.input_size),
             hu_window=tuple(args.hu_window),
         )
-    except (ValueError, CardError) as exc:
+        architecture = _architecture(args.architecture) if args.architecture else None
+    except (ValueError, CardError, OSError) as exc:
         print(f"ctnode mednext train: {exc}", file=sys.stderr)
         return 2
     request = Request(
@@ -117,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         version=args.version,
         variant=args.variant,
         kernel_size=args.kernel_size,
+        architecture=architecture,
         preprocessing=preprocessing,
         label_names=tuple(args.label),
         id_column=args.id_column,

@@ -71,6 +71,9 @@ OVERALL = _own("CTN-0100", "Overall pathology assessment")
 OVERALL_RESULT = _own("CTN-0101", "Overall result")
 FINDING_RESULT = _own("CTN-0102", "Finding result")
 NOT_RUN = _own("CTN-0103", "Analyzer not run")
+# TID 4019's row, also written as text for analyzers no measurement group names (their
+# weights' hashes then still reach the report).
+ALGORITHM_PARAMETERS = _dcm("111002", "Algorithm Parameters")
 
 # Measurement concepts (values with UCUM units).
 VOLUME = _sct("118565006", "Volume")
@@ -211,7 +214,7 @@ def table() -> list[Entry]:
     rows: list[Entry] = [Entry(c) for c in (LUNG, LEFT, RIGHT, UPPER_ZONE, MIDDLE_ZONE)]
     rows += [Entry(c) for c in (LOWER_ZONE, PRESENT, ABSENT, CENTER, PROCEDURE_CT)]
     rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, OVERALL)]
-    rows += [Entry(c) for c in (OVERALL_RESULT, FINDING_RESULT, NOT_RUN)]
+    rows += [Entry(c) for c in (OVERALL_RESULT, FINDING_RESULT, NOT_RUN, ALGORITHM_PARAMETERS)]
     rows += [Entry(PROBABILITY, "{probability}"), Entry(SCORE, "{score}")]
     rows += [Entry(THRESHOLD, "unit of the measure")]
     rows += list(MEASUREMENTS.values())

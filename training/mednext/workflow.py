@@ -21,7 +21,7 @@ import torch
 
 from config import Settings
 from inference import weights_store
-from inference.mednext.card import ModelCard, Preprocessing
+from inference.mednext.card import Architecture, ModelCard, Preprocessing
 from inference.mednext.checkpoint import load_encoder, read
 from inference.mednext.model import classifier_for
 from inference.mednext.results import NAME
@@ -47,6 +47,7 @@ class Request:
     version: str | None = None
     variant: str = "B"
     kernel_size: int = 3
+    architecture: Architecture | None = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     label_names: tuple[str, ...] = ()
     id_column: str | None = None
@@ -79,9 +80,10 @@ def train_and_register(
         version=request.version or next_version(request.store, request.name),
         labels=labels.labels,
         thresholds=(0.5,) * len(labels.labels),
-        variant=request.variant,
+        variant="custom" if request.architecture else request.variant,
         kernel_size=request.kernel_size,
         preprocessing=request.preprocessing,
+        architecture=request.architecture,
     )
     prepared, skipped = prepare_inputs(
         request.paths, settings, draft.preprocessing, request.workdir / "inputs", progress=progress
