@@ -142,7 +142,7 @@ def main() -> int:
     common += ["--kernel", str(args.kernel), "--train-steps", str(args.train_steps)]
     size = Preprocessing().input_size
     order = ["B", *(v for v in args.variants if v != "B")]
-    infer = {v: in_child(SCRIPT, *common, "--child", "infer", v) for v in order}
+    infer = {v: in_child(SCRIPT, "infer", v, *common) for v in order}
     ref = infer["B"]
     print(f"inference, CPU {args.threads} threads, input {size}, kernel {args.kernel}")
     print(f"preprocessing (300 x 512 x 512 CT to the input): {ref['preprocess_s']:.2f} s")
@@ -161,8 +161,8 @@ def main() -> int:
 
     train_size = tuple(args.train_size)
     rows = {
-        "B": in_child(SCRIPT, *common, "--child", "train", "B", *map(str, train_size)),
-        "tiny": in_child(SCRIPT, *common, "--child", "train", "tiny", *map(str, TINY_SIZE)),
+        "B": in_child(SCRIPT, "train", "B", *map(str, train_size), *common),
+        "tiny": in_child(SCRIPT, "train", "tiny", *map(str, TINY_SIZE), *common),
     }
     print(f"training (batch 2, {args.train_steps} timed steps)")
     print(f"{'variant':<8}{'input':>16}{'volumes/s':>11}{'ratio':>7}{'peak RSS GB':>13}")

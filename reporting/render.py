@@ -208,21 +208,29 @@ def lungs_line(analysis: Analysis) -> str:
 
 
 def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
-    """One line per neural analyzer that ran: its labels at or above 0.5, most probable
-    first, as many as fit in ``width`` characters (all 18 scores are in the SR and the
-    JSON; the page names what stands out)."""
+    """One line per neural analyzer that ran: its labels at or above 0.5 (or at or above
+    their own threshold, where a model card gives one: MedNeXt), most probable first, as
+    many as fit in ``width`` characters (all scores are in the SR and the JSON; the page
+    names what stands out)."""
     lines = []
     for result in analysis.results:
         title = NEURAL_TITLES.get(result.analyzer)
         if title is None:
             continue
+        own = any(f.threshold is not None for f in result.findings)
         high = sorted(
-            (f for f in result.findings if f.score is not None and f.score >= 0.5),
+            (
+                f
+                for f in result.findings
+                if f.score is not None and (f.present if own else f.score >= 0.5)
+            ),
             key=lambda f: -(f.score or 0.0),
         )
         line = f"{title} (not calibrated): "
         if not high:
-            lines.append(line + "no label at or above 0.50")
+            lines.append(
+                line + ("no label at its threshold" if own else "no label at or above 0.50")
+            )
             continue
         items = [f"{f.label} {f.score:.2f}" for f in high]
         shown = 0

@@ -139,8 +139,13 @@ def test_outputs_carry_the_mednext_results(
     if problems is not None:
         assert problems == [], problems
 
-    lines = neural_lines(analysis)
-    assert len(lines) == 1 and lines[0].startswith("MedNeXt (not calibrated): ")
+    (line,) = neural_lines(analysis)  # the labels present at their own thresholds
+    present = sorted((f for f in result.findings if f.present), key=lambda f: -(f.score or 0))
+    assert present and line.startswith(
+        f"MedNeXt (not calibrated): {present[0].label} {present[0].score:.2f}"
+    )
+    below = [f for f in result.findings if not f.present and (f.score or 0) >= 0.5]
+    assert all(f"{f.label} " not in line for f in below)
 
 
 def test_weights_that_cannot_run_disable_mednext_with_the_reason(tmp_path: Path) -> None:

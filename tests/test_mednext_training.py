@@ -148,3 +148,21 @@ def test_multilabel_files_are_read_as_fusion_training_reads_labels(tmp_path: Pat
     files, y = match(prepared, labels, ignore_unknown=True)
     assert files == [tmp_path / "a.npy", tmp_path / "b.npy"]
     assert y.tolist() == [[1, 0, 1], [0, 1, 0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (CI has none)")
+def test_on_cuda_training_runs_in_mixed_precision_and_scoring_matches_the_cpu(
+    tmp_path: Path,
+) -> None:
+    card = tiny_card()
+    inputs, y = _inputs(8, seed=5, card=card)
+    options = TrainOptions(epochs=1, batch_size=4, seed=1, device="cuda")
+    result = fit(classifier_for(card), inputs, y, LABELS, options, tmp_path, progress=False)
+    assert result.device == "cuda" and len(result.history) == 1
+    model = classifier_for(card).eval()
+    model.load_state_dict(result.state)
+    x = torch.from_numpy(np.stack(inputs))
+    with torch.no_grad():
+        cpu = torch.sigmoid(model(x))
+        gpu = torch.sigmoid(model.cuda()(x.cuda())).cpu()
+    assert float((gpu - cpu).abs().max()) < 1e-4

@@ -9,7 +9,8 @@ so that a segmentation checkpoint of any variant loads key for key.
 :class:`MedNeXt` is the whole segmentation network (the reference the tests compare with);
 :class:`MedNeXtClassifier` is the encoder alone (the same names, so a segmentation
 checkpoint's encoder loads unchanged) and our multilabel head: the bottleneck (16 C channels
-at 1/16 resolution) averaged over space, one linear layer, one logit per label.
+at 1/16 resolution) pooled over space by its mean and its maximum, one linear layer, one
+logit per label.
 """
 
 from __future__ import annotations
@@ -257,11 +258,11 @@ class MedNeXt(nn.Module):
 
 
 class MedNeXtClassifier(nn.Module):
-    """The MedNeXt encoder (upstream's names) and a multilabel head (our design): global
-    average pooling of the bottleneck, ``head`` = Linear(16 C, labels); logits out, sigmoid
-    for probabilities. Average pooling, not max: the findings (effusions, emphysema,
-    cardiomegaly) are extended, and the mean is indifferent to how much padding the crop
-    needed."""
+    """The MedNeXt encoder (upstream's names) and a multilabel head (our design): the
+    bottleneck pooled over space by its mean and by its maximum, concatenated, ``head`` =
+    Linear(2 x 16 C, labels); logits out, sigmoid for probabilities. The mean serves
+    extended findings (effusion, emphysema, cardiomegaly); the maximum focal ones (a
+    nodule), which the mean dilutes in proportion to the volume around them."""
 
     def __init__(self, cfg: MedNeXtConfig, n_labels: int) -> None:
         super().__init__()
