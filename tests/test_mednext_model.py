@@ -162,7 +162,9 @@ def test_gradient_checkpointing_changes_no_number() -> None:
     for model in (plain, checkpointed):
         model.zero_grad()
         model(x).sum().backward()
-        grads.append(model.stem.weight.grad.clone())  # type: ignore[union-attr]
+        stem = model.get_submodule("stem")
+        assert isinstance(stem, nn.Conv3d) and stem.weight.grad is not None
+        grads.append(stem.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
@@ -172,7 +174,9 @@ def test_the_head_pools_the_bottleneck() -> None:
     model = MedNeXtClassifier(cfg, 5).eval()
     x = torch.randn(2, 1, 32, 16, 48)
     bottleneck: list[torch.Tensor] = []
-    model.bottleneck.register_forward_hook(lambda _m, _i, out: bottleneck.append(out))
+    model.get_submodule("bottleneck").register_forward_hook(
+        lambda _m, _i, out: bottleneck.append(out)
+    )
     with torch.no_grad():
         logits = model(x)
     (bottom,) = bottleneck
@@ -275,7 +279,9 @@ def test_a_segmentation_checkpoints_encoder_starts_the_classifier() -> None:
     load_encoder(classifier, model.state_dict())
     assert torch.equal(classifier.head.weight, head)
     bottom: list[torch.Tensor] = []
-    classifier.bottleneck.register_forward_hook(lambda _m, _i, out: bottom.append(out))
+    classifier.get_submodule("bottleneck").register_forward_hook(
+        lambda _m, _i, out: bottom.append(out)
+    )
     with torch.no_grad():
         classifier(ref["input"])
     assert (bottom[0] - ref["after_bottleneck"]).abs().max().item() < TOL
