@@ -20,8 +20,8 @@ import torch
 import config
 from inference.mednext.analyzer import load
 from inference.mednext.card import ModelCard
-from inference.mednext.checkpoint import read
-from inference.mednext.model import classifier_for
+from inference.mednext.checkpoint import CheckpointError, read
+from inference.mednext.model import MedNeXt, MedNeXtConfig, classifier_for
 from inference.mednext.preprocess import preprocess
 from inference.weights_store import find, read_manifest, status
 from tests.mednext_synthetic import LABELS, SPACING, dataset, tiny_card
@@ -166,3 +166,29 @@ def test_on_cuda_training_runs_in_mixed_precision_and_scoring_matches_the_cpu(
         cpu = torch.sigmoid(model(x))
         gpu = torch.sigmoid(model.cuda()(x.cuda())).cpu()
     assert float((gpu - cpu).abs().max()) < 1e-4
+
+
+def test_training_can_start_from_a_segmentation_checkpoints_encoder(tmp_path: Path) -> None:
+    card = tiny_card("from-segmentation")
+    inputs, y = _inputs(8, seed=6, card=card)
+    torch.manual_seed(11)
+    segmentation = MedNeXt(MedNeXtConfig.from_architecture(card.arch, 3, deep_supervision=True))
+    path = tmp_path / "model_final_checkpoint.model"
+    torch.save({"epoch": 1000, "state_dict": segmentation.state_dict()}, path)
+    options = TrainOptions(epochs=1, batch_size=4, seed=1, learning_rate=1e-12)
+    outcome = train_inputs(
+        card, inputs, y, store=tmp_path / "weights", workdir=tmp_path / "work",
+        options=options, init=path, progress=False,
+    )  # fmt: skip
+    assert outcome.card.training["initialised_from"] == "model_final_checkpoint.model"
+    trained = outcome.fit.state
+    # a learning rate of 1e-12: the encoder is still the segmentation network's
+    own = segmentation.state_dict()
+    assert all(torch.allclose(trained[k], own[k], atol=1e-6) for k in trained if k in own)
+    assert "head.weight" in trained and "up_0.conv1.weight" not in trained
+
+    other = MedNeXt(MedNeXtConfig.variant("S", 3))
+    torch.save(other.state_dict(), path)
+    with pytest.raises(CheckpointError, match="shape-mismatch"):
+        train_inputs(card, inputs, y, store=tmp_path / "weights", workdir=tmp_path / "w2",
+                     options=options, init=path, progress=False)  # fmt: skip
