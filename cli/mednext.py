@@ -60,17 +60,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     default = Preprocessing()
     train.add_argument(
-        "--spacing", type=float, nargs=3, default=default.spacing_mm, metavar=("Z", "Y", "X"),
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=default.spacing_mm,
+        metavar=("Z", "Y", "X"),
         help="voxel spacing in mm (2 2 2)",
-    )  # fmt: skip
+    )
     train.add_argument(
-        "--input-size", type=int, nargs=3, default=default.input_size, metavar=("D", "H", "W"),
+        "--input-size",
+        type=int,
+        nargs=3,
+        default=default.input_size,
+        metavar=("D", "H", "W"),
         help="input voxels, multiples of 16 (160 192 192)",
-    )  # fmt: skip
+    )
     train.add_argument(
-        "--hu-window", type=float, nargs=2, default=default.hu_window, metavar=("LOW", "HIGH"),
+        "--hu-window",
+        type=float,
+        nargs=2,
+        default=default.hu_window,
+        metavar=("LOW", "HIGH"),
         help="HU clipped to this window, scaled to [-1, 1] (-1000 1000)",
-    )  # fmt: skip
+    )
     train.add_argument("--epochs", type=int, default=100, help="at most (100)")
     train.add_argument("--batch-size", type=int, default=2, help="volumes per step (2)")
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")

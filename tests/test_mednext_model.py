@@ -33,9 +33,15 @@ TOL = 1e-5
 
 # MedNeXt.md, "Variants": parameters with 1 input channel and 2 classes, and state-dict keys.
 PARAMETERS = {
-    ("S", 3): 5_550_915, ("S", 5): 5_980_547, ("B", 3): 10_526_307, ("B", 5): 10_955_939,
-    ("M", 3): 17_548_963, ("M", 5): 18_260_835, ("L", 3): 61_779_267, ("L", 5): 62_992_899,
-}  # fmt: skip
+    ("S", 3): 5_550_915,
+    ("S", 5): 5_980_547,
+    ("B", 3): 10_526_307,
+    ("B", 5): 10_955_939,
+    ("M", 3): 17_548_963,
+    ("M", 5): 18_260_835,
+    ("L", 3): 61_779_267,
+    ("L", 5): 62_992_899,
+}
 KEYS = {"S": 229, "B": 229, "M": 357, "L": 517}
 ENCODER_PARAMETERS = {"S": 3.57e6, "B": 6.87e6, "M": 12.49e6, "L": 46.75e6}
 
@@ -131,8 +137,9 @@ def test_a_state_dict_of_the_published_b_k3_layout_loads_strictly() -> None:
     load_encoder(classifier, state)
     encoder = {k for k in classifier.state_dict() if not k.startswith("head.")}
     assert encoder == set(encoder_state(state))
-    assert torch.equal(classifier.state_dict()["bottleneck.1.conv3.weight"],
-                       state["bottleneck.1.conv3.weight"])  # fmt: skip
+    assert torch.equal(
+        classifier.state_dict()["bottleneck.1.conv3.weight"], state["bottleneck.1.conv3.weight"]
+    )
 
 
 @pytest.mark.parametrize(("variant", "kernel"), sorted(PARAMETERS))
@@ -216,9 +223,12 @@ def _fresh() -> MedNeXtClassifier:
                 "amp_grad_scaler": {"scale": 65536.0},
             },
         ),
-        ("trainer+ddp", lambda s: {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in s.items()}}),  # noqa: E501
+        (
+            "trainer+ddp",
+            lambda s: {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in s.items()}},
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_three_checkpoint_layouts_load(layout: str, wrap: object, tmp_path: Path) -> None:
     model, state = _classifier_state()
     path = tmp_path / "weights.model"

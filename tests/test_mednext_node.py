@@ -177,13 +177,37 @@ def test_a_site_trains_registers_and_runs_mednext_from_the_command_line(tmp_path
     store = tmp_path / "weights"
     done = subprocess.run(
         ctnode_command(
-            "mednext", "--store", str(store), "train", *map(str, studies),
-            "--labels", str(labels), "--work", str(tmp_path / "work"), "--architecture",
-            str(arch), "--spacing", "8", "8", "8", "--input-size", "32", "32", "48",
-            "--epochs", "2", "--val-fraction", "0.5", "--quiet",
+            "mednext",
+            "--store",
+            str(store),
+            "train",
+            *map(str, studies),
+            "--labels",
+            str(labels),
+            "--work",
+            str(tmp_path / "work"),
+            "--architecture",
+            str(arch),
+            "--spacing",
+            "8",
+            "8",
+            "8",
+            "--input-size",
+            "32",
+            "32",
+            "48",
+            "--epochs",
+            "2",
+            "--val-fraction",
+            "0.5",
+            "--quiet",
         ),
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "site-mednext 1 (MedNeXt-custom k3): 4 studies, 2 validated" in done.stdout
     assert "Lung nodule: validation AUROC" in done.stdout
@@ -193,8 +217,11 @@ def test_a_site_trains_registers_and_runs_mednext_from_the_command_line(tmp_path
     assert card.thresholds[1] == 0.5  # no positive: no threshold to choose
     checked = subprocess.run(
         ctnode_command("weights", "--store", str(store), "check"),
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "mednext\tenabled\tweights verified (site-mednext)" in checked.stdout, checked.stdout
     built = ensemble.build(_settings(store))
     analysis = built.run(

@@ -88,24 +88,45 @@ def test_an_interrupted_training_resumes_where_it_stopped(tmp_path: Path) -> Non
     card = tiny_card()
     inputs, y = _inputs(8, seed=3, card=card)
     work = tmp_path / "work"
-    first = fit(classifier_for(card), inputs, y, LABELS,
-                TrainOptions(epochs=2, batch_size=4, seed=1), work, progress=False)  # fmt: skip
+    first = fit(
+        classifier_for(card),
+        inputs,
+        y,
+        LABELS,
+        TrainOptions(epochs=2, batch_size=4, seed=1),
+        work,
+        progress=False,
+    )
     assert len(first.history) == 2 and (work / LATEST).is_file() and (work / BEST).is_file()
     latest, layout = read(work / LATEST)  # the trainer's layout: the analyzer reads it
     assert layout == "trainer" and set(latest) == set(classifier_for(card).state_dict())
 
-    resumed = fit(classifier_for(card), inputs, y, LABELS,
-                  TrainOptions(epochs=3, batch_size=4, seed=1), work, resume=True,
-                  progress=False)  # fmt: skip
+    resumed = fit(
+        classifier_for(card),
+        inputs,
+        y,
+        LABELS,
+        TrainOptions(epochs=3, batch_size=4, seed=1),
+        work,
+        resume=True,
+        progress=False,
+    )
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == first.history[:2]
     saved = torch.load(work / LATEST, weights_only=True)
     assert saved["epoch"] == 3 and saved["optimizer_state_dict"]["state"]
 
     with pytest.raises(ValueError, match="other labels or another split"):
-        fit(classifier_for(tiny_card(labels=("A", "B", "C"))), inputs, y, ("A", "B", "C"),
-            TrainOptions(epochs=4, batch_size=4, seed=1), work, resume=True,
-            progress=False)  # fmt: skip
+        fit(
+            classifier_for(tiny_card(labels=("A", "B", "C"))),
+            inputs,
+            y,
+            ("A", "B", "C"),
+            TrainOptions(epochs=4, batch_size=4, seed=1),
+            work,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path: Path) -> None:
@@ -177,9 +198,15 @@ def test_training_can_start_from_a_segmentation_checkpoints_encoder(tmp_path: Pa
     torch.save({"epoch": 1000, "state_dict": segmentation.state_dict()}, path)
     options = TrainOptions(epochs=1, batch_size=4, seed=1, learning_rate=1e-12)
     outcome = train_inputs(
-        card, inputs, y, store=tmp_path / "weights", workdir=tmp_path / "work",
-        options=options, init=path, progress=False,
-    )  # fmt: skip
+        card,
+        inputs,
+        y,
+        store=tmp_path / "weights",
+        workdir=tmp_path / "work",
+        options=options,
+        init=path,
+        progress=False,
+    )
     assert outcome.card.training["initialised_from"] == "model_final_checkpoint.model"
     trained = outcome.fit.state
     # a learning rate of 1e-12: the encoder is still the segmentation network's
@@ -190,5 +217,13 @@ def test_training_can_start_from_a_segmentation_checkpoints_encoder(tmp_path: Pa
     other = MedNeXt(MedNeXtConfig.variant("S", 3))
     torch.save(other.state_dict(), path)
     with pytest.raises(CheckpointError, match="shape-mismatch"):
-        train_inputs(card, inputs, y, store=tmp_path / "weights", workdir=tmp_path / "w2",
-                     options=options, init=path, progress=False)  # fmt: skip
+        train_inputs(
+            card,
+            inputs,
+            y,
+            store=tmp_path / "weights",
+            workdir=tmp_path / "w2",
+            options=options,
+            init=path,
+            progress=False,
+        )

@@ -62,9 +62,12 @@ class MedNeXtConfig:
         """Upstream's ``create_mednext_v1`` variants S, B, M and L."""
         arch = VARIANTS[name]
         return cls.from_architecture(
-            arch, kernel_size, in_channels=in_channels, n_classes=n_classes,
+            arch,
+            kernel_size,
+            in_channels=in_channels,
+            n_classes=n_classes,
             deep_supervision=deep_supervision,
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_architecture(

@@ -112,7 +112,8 @@ def _batch(inputs: Sequence[Input], index: Sequence[int]) -> Tensor:
     return torch.from_numpy(np.stack([np.asarray(load_input(inputs[i])) for i in index]))
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype:
+def _autocast_dtype() -> torch.dtype:
+    """bfloat16 where the GPU has it (no loss scaling needed), else float16."""
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -120,12 +121,16 @@ class Step:
     """One optimisation step on a batch; mixed precision only on CUDA (never the CPU)."""
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module,
-        device: torch.device, amp: bool,
-    ) -> None:  # fmt: skip
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss: nn.Module,
+        device: torch.device,
+        amp: bool,
+    ) -> None:
         self.model, self.optimizer, self.loss, self.device = model, optimizer, loss, device
         self.amp = amp and device.type == "cuda"
-        self.dtype = _autocast_dtype(device) if self.amp else torch.float32
+        self.dtype = _autocast_dtype() if self.amp else torch.float32
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
 
     def __call__(self, x: Tensor, y: Tensor) -> float:
@@ -141,9 +146,12 @@ class Step:
 
 
 def logits_of(
-    model: nn.Module, inputs: Sequence[Input], index: Sequence[int], device: torch.device,
+    model: nn.Module,
+    inputs: Sequence[Input],
+    index: Sequence[int],
+    device: torch.device,
     batch_size: int,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """(len(index), labels) logits in float32 (validation, as the node scores), on the CPU."""
     model.eval()
     out = []
@@ -246,9 +254,12 @@ def fit(
         ]
         losses = []
         bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
-            disable=not progress, leave=False,
-        )  # fmt: skip
+            batches,
+            desc=f"epoch {epoch + 1}/{options.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         for index in bar:
             losses.append(step(_batch(inputs, index), torch.from_numpy(y[index]).float()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

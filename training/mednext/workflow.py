@@ -124,9 +124,16 @@ def train_inputs(
         state, _ = read(init)
         load_encoder(model, state)
     result = fit(
-        model, inputs, y, draft.labels, options, workdir,
-        resume=resume, progress=progress, report=report,
-    )  # fmt: skip
+        model,
+        inputs,
+        y,
+        draft.labels,
+        options,
+        workdir,
+        resume=resume,
+        progress=progress,
+        report=report,
+    )
     card = replace(
         draft, thresholds=tuple(result.thresholds), training=_summary(result, y, init, options)
     )
