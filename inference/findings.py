@@ -96,7 +96,9 @@ class AnalyzerResult:
 
     ``features`` are the named numbers the trained fusion reads (``inference.feature_schema``),
     under the analyzer's feature-set version ``features_version``. ``masks`` are boolean
-    arrays on the volume's grid the analyzer derived (see ``Analysis.masks``).
+    arrays on the volume's grid the analyzer derived (see ``Analysis.masks``). ``notes`` are
+    what a reader must know to read this result (e.g. fVLM scoring the lungs only), written
+    into every output beside it.
     """
 
     analyzer: str
@@ -109,6 +111,7 @@ class AnalyzerResult:
     masks: Mapping[str, npt.NDArray[np.bool_]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,7 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             (f for f in result.findings if f.score is not None and f.score >= 0.5),
             key=lambda f: -(f.score or 0.0),
         )
-        line = f"{title} (not calibrated): "
+        line = f"{title} ({''.join(n + '; ' for n in result.notes[:1])}not calibrated): "
         if not high:
             lines.append(line + "no label at or above 0.50")
             continue

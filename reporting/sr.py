@@ -266,6 +266,9 @@ def _qualitative(analysis: Analysis, drawn: set[str]) -> ContainerContentItem:
                 )
             )
     evaluations[1:1] = [(code, present) for (_, code), present in located.items()]
+    texts += [
+        (codes.FINDING_RESULT, f"{r.analyzer}: {n}") for r in analysis.results for n in r.notes
+    ]
     texts += [(codes.NOT_RUN, f"{name}: {why}") for name, why in analysis.not_run]
     return tid.tid1500_qualitative_evaluations(evaluations, texts)
 

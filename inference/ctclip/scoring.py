@@ -71,13 +71,13 @@ class WordPiece:
             start = end
         return ids
 
-    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """``input_ids`` and ``attention_mask`` (n, longest), padded with 0."""
+    def encode(self, texts: list[str], pad_to: int = 0) -> tuple[Tensor, Tensor]:
+        """``input_ids`` and ``attention_mask`` (n, longest or ``pad_to``), padded with 0."""
         seqs = [
             [self.cls, *[i for w in self.words(t) for i in self._pieces(w)], self.sep]
             for t in texts
         ]
-        n = max(len(s) for s in seqs)
+        n = max(pad_to, *(len(s) for s in seqs))
         ids = torch.zeros(len(seqs), n, dtype=torch.long)
         mask = torch.zeros(len(seqs), n, dtype=torch.long)
         for row, seq in enumerate(seqs):
