@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from cli.common import add_config_argument, load_settings
 from inference import ensemble, weights_store
-from inference.availability import NEURAL
+from inference.availability import HELPERS, NEURAL
 
 if TYPE_CHECKING:
     from config import Settings
@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument("file", type=Path)
     reg.add_argument("--name", required=True, help="model name, e.g. ct-clip-v2")
     reg.add_argument(
-        "--analyzer", required=True, choices=NEURAL, help="the analyzer that uses the file"
+        "--analyzer",
+        required=True,
+        choices=(*NEURAL, *HELPERS),
+        help="the analyzer that uses the file (totalsegmentator: a zip of its weights folder)",
     )
     reg.add_argument("--version", default="1")
     reg.add_argument("--licence", default="", help="e.g. 'CC BY-NC-SA 4.0'")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -311,10 +312,18 @@ class NeuralSettings:
     bf16_autocast: bool = False
     cpu_bf16: bool = False
     models: tuple[str, ...] = ()
+    # fVLM: its device ("auto": CUDA when present) and TotalSegmentator's mode for its organ
+    # masks (fast: the 3 mm model; full, the default: the five 1.5 mm models fVLM was trained on).
+    device: str = "auto"
+    organs_fast: bool = False
 
     def __post_init__(self) -> None:
         if self.cpu_threads < 1:
             raise ValueError(f"neural.cpu_threads must be at least 1, not {self.cpu_threads}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(
+                f"neural.device must be auto, cpu, cuda or cuda:N, not {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)

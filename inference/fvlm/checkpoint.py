@@ -31,7 +31,10 @@ from inference.fvlm.model import FVLM, FVLMConfig
 
 POSITION_IDS = "text_encoder.embeddings.position_ids"
 TOKEN_TYPES = "text_encoder.embeddings.token_type_embeddings.weight"
-MLM_DECODER = ("text_encoder.cls.predictions.decoder.weight", "text_encoder.cls.predictions.decoder.bias")
+MLM_DECODER = (
+    "text_encoder.cls.predictions.decoder.weight",
+    "text_encoder.cls.predictions.decoder.bias",
+)
 LACKED_KEYS = (
     "text_encoder.cls.predictions.bias",
     "text_encoder.cls.predictions.transform.dense.weight",
@@ -77,7 +80,9 @@ def _drop_documented(state: dict[str, Tensor], cfg: FVLMConfig) -> None:
     if ids is not None:
         expected = torch.arange(ids.shape[-1]).reshape(1, -1)
         if ids.shape != expected.shape or not torch.equal(ids.to(torch.int64), expected):
-            raise CheckpointError("bad-position-ids", f"{POSITION_IDS} is not 0..{ids.shape[-1] - 1}")
+            raise CheckpointError(
+                "bad-position-ids", f"{POSITION_IDS} is not 0..{ids.shape[-1] - 1}"
+            )
     types = state.pop(TOKEN_TYPES, None)
     if types is not None and (types.ndim != 2 or types.shape[1] != cfg.bert.hidden_size):
         raise CheckpointError("shape-mismatch", f"{TOKEN_TYPES} {tuple(types.shape)}")
@@ -121,7 +126,9 @@ def load_checkpoint(path: Path, cfg: FVLMConfig | None = None) -> FVLM:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        raise CheckpointError("unreadable", f"{path.name} is not a torch checkpoint: {exc}") from exc
+        raise CheckpointError(
+            "unreadable", f"{path.name} is not a torch checkpoint: {exc}"
+        ) from exc
     state = state_dict_of(raw, path.name)
     cfg = cfg or FVLMConfig()
     with torch.device("meta"):

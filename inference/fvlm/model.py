@@ -64,8 +64,8 @@ class FVLMConfig:
         try:
             v = raw.get("vit", {})
             vit = ViTConfig(
-                img_size=tuple(v.get("img_size", ViTConfig.img_size)),  # type: ignore[arg-type]
-                patch_size=tuple(v.get("patch_size", ViTConfig.patch_size)),  # type: ignore[arg-type]
+                img_size=_triple(v.get("img_size", ViTConfig.img_size)),
+                patch_size=_triple(v.get("patch_size", ViTConfig.patch_size)),
                 in_channels=int(v.get("in_channels", 1)),
                 hidden_size=int(v.get("hidden_size", 768)),
                 mlp_dim=int(v.get("mlp_dim", 3072)),
@@ -92,6 +92,11 @@ class FVLMConfig:
             raise ValueError(f"bad fVLM configuration: {exc}") from exc
 
 
+def _triple(value: Any) -> tuple[int, int, int]:
+    a, b, c = (int(n) for n in value)
+    return (a, b, c)
+
+
 class PatchEmbedding(nn.Module):
     """Conv3d patches (kernel = stride = patch) plus a learned position embedding for the
     training grid, resampled trilinearly to another window's grid."""
@@ -115,7 +120,7 @@ class PatchEmbedding(nn.Module):
         return resized.flatten(2).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        patches = self.patch_embeddings(x)
+        patches: Tensor = self.patch_embeddings(x)
         grid = (int(patches.shape[2]), int(patches.shape[3]), int(patches.shape[4]))
         return patches.flatten(2).transpose(1, 2) + self.positions(grid)
 

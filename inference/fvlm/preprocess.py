@@ -126,14 +126,14 @@ def organ_windows(
         start, size = window_bounds(box, tuple(mask.shape), roi)
         region = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
         others = tuple(
-            o
-            for o in totals
-            if o != organ and _inside(mask, o + 1, start, size, totals[o])
+            o for o in totals if o != organ and _inside(mask, o + 1, start, size, totals[o])
         )
         kept = (organ, *others)
         crop = mask[region]
         own = torch.where(crop == organ + 1, crop, torch.zeros_like(crop))
-        labels = torch.where(sum((crop == o + 1 for o in kept), torch.zeros_like(crop, dtype=torch.bool)), crop, 0)
+        labels = torch.where(
+            sum((crop == o + 1 for o in kept), torch.zeros_like(crop, dtype=torch.bool)), crop, 0
+        )
         windows.append(
             Window(
                 pad_to_multiple(image[region][None, None]),
