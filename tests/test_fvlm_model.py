@@ -16,7 +16,14 @@ pytest.importorskip("torch", reason="torch (the 'neural' extra) is not installed
 import torch
 
 from inference.ctclip.scoring import WordPiece
-from inference.fvlm.checkpoint import LACKED_KEYS, CheckpointError, load_checkpoint
+from inference.fvlm.checkpoint import (
+    LACKED_KEYS,
+    MLM_DECODER,
+    POSITION_IDS,
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+)
 from inference.fvlm.model import FVLM, FVLMConfig
 from inference.fvlm.preprocess import Window, organ_windows
 from inference.fvlm.results import ORGANS
@@ -179,18 +186,25 @@ def test_published_layout_loads_strictly(tmp_path: Path) -> None:
     del model, own
     gc.collect()
 
+    def refused(broken: Tensors) -> CheckpointError:
+        with torch.device("meta"):
+            empty = FVLM()
+        with pytest.raises(CheckpointError) as caught:
+            load_state(empty, broken)
+        return caught.value
+
     broken = dict(state)
     del broken["vision_projs.3.bias"]
-    torch.save({"model": broken}, path)
-    with pytest.raises(CheckpointError, match=r"key-mismatch.*vision_projs\.3\.bias"):
-        load_checkpoint(path)
-    broken = dict(state)
-    broken["attention.in_proj_weight"] = torch.zeros(2304, 512)
-    torch.save(broken, path)
-    with pytest.raises(CheckpointError, match=r"shape-mismatch.*attention\.in_proj_weight"):
-        load_checkpoint(path)
-    broken = dict(state)
-    broken["text_encoder.embeddings.position_ids"] = torch.zeros(1, 512, dtype=torch.long)
-    torch.save(broken, path)
-    with pytest.raises(CheckpointError, match="bad-position-ids"):
+    assert refused(broken).reason == "key-mismatch"
+    assert "vision_projs.3.bias" in str(refused(broken))
+    broken = dict(state, **{"attention.in_proj_weight": torch.zeros(2304, 512)})
+    assert refused(broken).reason == "shape-mismatch"
+    assert "attention.in_proj_weight" in str(refused(broken))
+    ids = torch.zeros(1, 512, dtype=torch.long)
+    assert refused(dict(state, **{POSITION_IDS: ids})).reason == "bad-position-ids"
+    decoder = torch.zeros(30522, 256)
+    broken = dict(state, **{MLM_DECODER[0]: decoder})
+    assert refused(broken).reason == "shape-mismatch"  # even the dropped keys are checked
+    torch.save([1, 2], path)
+    with pytest.raises(CheckpointError, match="not-a-state-dict"):
         load_checkpoint(path)

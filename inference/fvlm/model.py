@@ -229,9 +229,11 @@ class FVLM(nn.Module):
     def token_flags(self, mask: Tensor, organ: int) -> Tensor:
         """(b, tokens) bool: grid cells where organ ``organ`` (index into ``ORGANS``; label
         ``organ + 1``) has a voxel of the (b, 1, D, H, W) label ``mask``."""
-        patch = self.cfg.vit.patch_size
-        hit = (mask == organ + 1).to(torch.float32)
-        return F.max_pool3d(hit, patch, stride=patch).flatten(1) > 0
+        (pd, ph, pw), b = self.cfg.vit.patch_size, mask.shape[0]
+        gd, gh, gw = (n // p for n, p in zip(mask.shape[2:], (pd, ph, pw), strict=True))
+        hit = mask[:, 0, : gd * pd, : gh * ph, : gw * pw] == organ + 1
+        # max-pooling with kernel = stride = patch, on booleans
+        return hit.reshape(b, gd, pd, gh, ph, gw, pw).any(dim=6).any(dim=4).any(dim=2).flatten(1)
 
     def organ_head(self, levels: list[Tensor], flags: Tensor, organ: int) -> OrganTrace:
         """One organ's latent for one window: its query token attends to the organ's tokens of

@@ -39,6 +39,8 @@ ROI = (112, 288, 352)
 PATCH = (16, 16, 32)
 BORDER = 2
 INSIDE = 0.9
+# (first, last) voxel index along each axis.
+Box = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 class OrientationError(ValueError):
@@ -62,17 +64,23 @@ class Window:
     organs: tuple[int, ...]
 
 
-def organ_box(mask: Tensor, label: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def organ_box(mask: Tensor, label: int) -> Box | None:
     """(first, last) voxel index of ``label`` along each axis of a (D, H, W) mask; None when
     absent."""
-    hit = (mask == label).nonzero()
-    if hit.shape[0] == 0:
-        return None
-    return tuple(hit.min(0).values.tolist()), tuple(hit.max(0).values.tolist())
+    hit = mask == label
+    first: list[int] = []
+    last: list[int] = []
+    for axis in range(3):
+        along = hit.any(dim=tuple(a for a in range(3) if a != axis)).nonzero()
+        if along.shape[0] == 0:
+            return None
+        first.append(int(along[0, 0]))
+        last.append(int(along[-1, 0]))
+    return tuple(first), tuple(last)
 
 
 def window_bounds(
-    box: tuple[tuple[int, ...], tuple[int, ...]],
+    box: Box,
     shape: tuple[int, ...],
     roi: tuple[int, int, int] = ROI,
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -98,15 +106,20 @@ def pad_to_multiple(x: Tensor, k: tuple[int, int, int] = PATCH) -> Tensor:
 
 
 def _inside(
-    mask: Tensor, label: int, start: tuple[int, ...], size: tuple[int, ...], total: int
+    mask: Tensor, label: int, start: tuple[int, ...], size: tuple[int, ...], total: int, box: Box
 ) -> bool:
     """Organ ``label`` lies wholly in the window: 90 % of its voxels, none on its border."""
+    inner = [(s + BORDER, s + n - BORDER) for s, n in zip(start, size, strict=True)]
+    if all(lo <= a and b < hi for (lo, hi), a, b in zip(inner, box[0], box[1], strict=True)):
+        return True  # its box clears the border: every voxel is inside
+    if any(b < s or a >= s + n for s, n, a, b in zip(start, size, box[0], box[1], strict=True)):
+        return False  # not in the window at all
     crop = mask[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))] == label
-    count = int(crop.sum())
+    count = int(torch.count_nonzero(crop))
     if count == 0 or count < INSIDE * total:
         return False
-    inner = crop[tuple(slice(BORDER, n - BORDER) for n in size)]
-    return int(inner.sum()) == count
+    inner_crop = crop[tuple(slice(BORDER, n - BORDER) for n in size)]
+    return int(torch.count_nonzero(inner_crop)) == count
 
 
 def organ_windows(
@@ -117,23 +130,23 @@ def organ_windows(
 ) -> list[Window]:
     """The windows of a (D, H, W) image in [0, 1] and its organ labels (1 lung, 2 heart,
     3 esophagus, 4 aorta), one per organ of ``organs`` present."""
-    boxes = {o: organ_box(mask, o + 1) for o in organs}
-    totals = {o: int((mask == o + 1).sum()) for o in organs if boxes[o] is not None}
+    boxes = {o: box for o in organs if (box := organ_box(mask, o + 1)) is not None}
+    counts = torch.bincount(mask.flatten().to(torch.int64), minlength=len(ORGANS) + 1).tolist()
     windows: list[Window] = []
     for organ, box in boxes.items():
-        if box is None:
-            continue
         start, size = window_bounds(box, tuple(mask.shape), roi)
         region = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
         others = tuple(
-            o for o in totals if o != organ and _inside(mask, o + 1, start, size, totals[o])
+            o
+            for o in boxes
+            if o != organ and _inside(mask, o + 1, start, size, counts[o + 1], boxes[o])
         )
         kept = (organ, *others)
         crop = mask[region]
-        own = torch.where(crop == organ + 1, crop, torch.zeros_like(crop))
-        labels = torch.where(
-            sum((crop == o + 1 for o in kept), torch.zeros_like(crop, dtype=torch.bool)), crop, 0
-        )
+        zero = torch.zeros_like(crop)
+        own = torch.where(crop == organ + 1, crop, zero)
+        ids = torch.tensor([o + 1 for o in kept], dtype=crop.dtype, device=crop.device)
+        labels = torch.where(torch.isin(crop, ids), crop, zero) if others else own
         windows.append(
             Window(
                 pad_to_multiple(image[region][None, None]),
