@@ -123,8 +123,8 @@ def _check_organ(
     probs = logits.softmax(-1)
     _close(probs, ref[p + "probs"], p + "probs", seen)
     _close(probs[:, 1], ref[p + "p_positive"].reshape(1), p + "p_positive", seen)
-    # the batched path the scorer runs gives the same latent
-    batched = model.organ_latents(window.image, window.mask, [[organ]])[0][organ]
+    # the path the scorer runs gives the same latent
+    batched = model.organ_latents(levels, window.mask, (organ,))[organ]
     _close(batched[None], ref[p + "image_latent"], p + "image_latent", seen)
 
 

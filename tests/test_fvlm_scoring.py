@@ -34,13 +34,14 @@ def _volume(voxels: npt.NDArray[np.int16], affine: npt.NDArray[np.float64] | Non
 
 
 def _organs(shape: tuple[int, int, int]) -> dict[str, npt.NDArray[np.bool_]]:
-    """Boxes for the four organs of a (z, y, x) volume at 3 x 1 x 1 mm: big lungs around a
-    heart that lies wholly inside the lung window, an esophagus and an aorta."""
+    """Boxes for the four organs of a (z, y, x) volume at 3 x 1 x 1 mm reaching into the
+    abdomen: lungs around a heart that lies wholly inside the lung window, an esophagus lower
+    down (a window of the same shape elsewhere) and an aorta longer than a window."""
     masks = {o: np.zeros(shape, dtype=bool) for o in ORGANS}
     masks["lung"][10:100, 40:240, 30:330] = True
     masks["heart"][40:70, 120:200, 150:230] = True
-    masks["esophagus"][20:80, 210:225, 170:185] = True
-    masks["aorta"][15:85, 200:215, 190:205] = True
+    masks["esophagus"][120:180, 210:225, 170:185] = True
+    masks["aorta"][15:190, 200:215, 190:205] = True
     for organ in ("heart", "esophagus", "aorta"):
         masks["lung"] &= ~masks[organ]
     return masks
@@ -60,23 +61,30 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> FVLMScorer:
 
 def test_four_organs_windows_batches_and_averages(scorer: FVLMScorer) -> None:
     rng = np.random.default_rng(0)
-    shape = (120, 300, 360)
+    shape = (200, 300, 360)
     volume = _volume(rng.integers(-1000, 400, shape).astype(np.int16))
-    labels = label_volume(_organs(shape))
-    image, mask = prepare(volume, labels)
+    image, mask = prepare(volume, label_volume(_organs(shape)))
     windows = organ_windows(image, mask)
     assert [w.organs[0] for w in windows] == [0, 1, 2, 3]
     # the heart lies wholly in the lung window, and is scored there too
-    assert 1 in windows[0].organs
-    assert all(tuple(w.image.shape[2:]) == (112, 256, 352) for w in windows)  # one batch
+    assert 1 in windows[0].organs and windows[0].start == windows[1].start
+    assert tuple(windows[3].image.shape[2:]) == (176, 256, 352)  # the aorta's is longer
 
-    batched = scorer.latents(windows)
-    scorer.batch = 1
+    passes: list[int] = []
+    hook = scorer.model.visual_encoder.register_forward_hook(
+        lambda _m, args, _o: passes.append(int(args[0].shape[0]))
+    )
     try:
+        batched = scorer.latents(windows)
+        scorer.batch = 1
         alone = scorer.latents(windows)
     finally:
         scorer.batch = 4
-    assert set(batched) == {0, 1, 2, 3} and len(batched[1]) >= 2
+        hook.remove()
+    # lung and heart share one crop; the esophagus' crop of the same shape joins it in a batch
+    assert passes == [2, 1, 1, 1, 1]
+    # the heart: in its own window, the lung's (the same crop) and the aorta's long one
+    assert set(batched) == {0, 1, 2, 3} and len(batched[1]) == 3 and 1 in windows[3].organs
     for organ, found in batched.items():
         for a, b in zip(found, alone[organ], strict=True):
             assert torch.allclose(a, b, atol=1e-5)
@@ -93,7 +101,7 @@ def test_without_organ_masks_only_the_lungs_are_scored(scorer: FVLMScorer) -> No
     rng = np.random.default_rng(1)
     shape = (60, 260, 300)
     volume = _volume(rng.integers(-1000, 400, shape).astype(np.int16))
-    lungs = _organs((120, 300, 360))["lung"][:60, :260, :300]
+    lungs = _organs((200, 300, 360))["lung"][:60, :260, :300]
     left, right = lungs.copy(), lungs.copy()
     left[:, :, 150:] = False
     right[:, :, :150] = False

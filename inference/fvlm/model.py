@@ -246,21 +246,17 @@ class FVLM(nn.Module):
         return OrganTrace(flags, kv, attended, weights, latent)
 
     def organ_latents(
-        self, windows: Tensor, masks: Tensor, organs: list[list[int]]
-    ) -> list[dict[int, Tensor]]:
-        """For a batch of windows of one shape (b, 1, D, H, W) and their label masks, the
-        (embed_dim,) latent of each organ ``organs[i]`` names for window ``i``."""
-        _, levels = self.visual_encoder(windows)
-        out: list[dict[int, Tensor]] = []
-        for i, wanted in enumerate(organs):
-            mine = [level[i : i + 1] for level in levels]
-            latents: dict[int, Tensor] = {}
-            for organ in wanted:
-                flags = self.token_flags(masks[i : i + 1], organ)[0]
-                if bool(flags.any()):
-                    latents[organ] = self.organ_head(mine, flags, organ).latent[0]
-            out.append(latents)
-        return out
+        self, levels: list[Tensor], labels: Tensor, organs: tuple[int, ...]
+    ) -> dict[int, Tensor]:
+        """The (embed_dim,) latent of each organ of ``organs`` that has tokens in one window,
+        from that window's encoder levels (each (1, tokens, hidden)) and its (1, 1, D, H, W)
+        organ labels."""
+        latents: dict[int, Tensor] = {}
+        for organ in organs:
+            flags = self.token_flags(labels, organ)[0]
+            if bool(flags.any()):
+                latents[organ] = self.organ_head(levels, flags, organ).latent[0]
+        return latents
 
     def logits(self, image_latent: Tensor, text_latents: Tensor) -> Tensor:
         """Similarity over the temperature: (..., n_text)."""

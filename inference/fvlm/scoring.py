@@ -105,22 +105,28 @@ class FVLMScorer:
         return organs, tuple(notes)
 
     def latents(self, windows: list[Window]) -> dict[int, list[Tensor]]:
-        """Organ index -> its latent in every window that scored it; windows of one shape run
-        through the encoder as one batch."""
-        groups: dict[tuple[int, ...], list[Window]] = defaultdict(list)
+        """Organ index -> its latent in every window that scored it. Windows cut from the same
+        place share one encoder pass (in a chest CT cropped to its organs, every organ's
+        window is usually the whole crop: one pass per series); distinct crops of one shape run
+        as batches of at most ``batch``."""
+        crops: dict[tuple[tuple[int, ...], tuple[int, ...]], list[Window]] = defaultdict(list)
         for window in windows:
-            groups[tuple(window.image.shape)].append(window)
+            crops[(window.start, window.size)].append(window)
+        shapes: dict[tuple[int, ...], list[list[Window]]] = defaultdict(list)
+        for same in crops.values():
+            shapes[tuple(same[0].image.shape)].append(same)
         out: dict[int, list[Tensor]] = defaultdict(list)
         with self._lock, torch.no_grad():
-            for same in groups.values():
-                for i in range(0, len(same), self.batch):
-                    part = same[i : i + self.batch]
-                    images = torch.cat([w.image for w in part])
-                    labels = torch.cat([w.labels for w in part])
-                    found = self.model.organ_latents(images, labels, [list(w.organs) for w in part])
-                    for latents in found:
-                        for organ, latent in latents.items():
-                            out[organ].append(latent)
+            for groups in shapes.values():
+                for i in range(0, len(groups), self.batch):
+                    part = groups[i : i + self.batch]
+                    _, levels = self.model.visual_encoder(torch.cat([g[0].image for g in part]))
+                    for j, group in enumerate(part):
+                        mine = [level[j : j + 1] for level in levels]
+                        for window in group:
+                            found = self.model.organ_latents(mine, window.labels, window.organs)
+                            for organ, latent in found.items():
+                                out[organ].append(latent)
         return out
 
     def probabilities(self, latents: dict[int, list[Tensor]]) -> dict[str, float]:
