@@ -180,7 +180,9 @@ def build(settings: Settings) -> Ensemble:
             final.append(replace(state, enabled=False, reason=str(exc), fault=True))
             continue
         (segmented if spec.needs_masks else neural).append(analyzer)
-        final.append(state)
+        # how it runs, when it says (fVLM: where its organ masks come from)
+        detail = getattr(analyzer, "detail", "")
+        final.append(replace(state, reason=f"{state.reason}; {detail}") if detail else state)
     _share_encoders(neural)
     return Ensemble(tuple(neural), tuple(final), tuple(segmented))
 

@@ -5,9 +5,12 @@ the features, the legacy JSON, the SR (passing dciodvfy) and the summary page.""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,7 +35,15 @@ from inference.loading import load_series
 from inference.volume import Volume
 from reporting import write_outputs
 from reporting.render import neural_lines
-from tests.fvlm_store import make_store, register_totalsegmentator, tiny_config
+from tests.conftest import ctnode_command, subprocess_env
+from tests.fvlm_store import (
+    TINY,
+    make_store,
+    register_totalsegmentator,
+    tiny_config,
+    tiny_state,
+    vocab_file,
+)
 from tests.phantoms import chest_phantom
 from tests.test_sr import dciodvfy
 
@@ -71,6 +82,11 @@ def test_registered_fvlm_scores_the_lungs_on_the_node_mask(
     store: Path, built: ensemble.Ensemble, volume: Volume
 ) -> None:
     assert built.names == ("quantitative", "fvlm")
+    fvlm_state = {s.name: s for s in built.states}["fvlm"]
+    assert fvlm_state.reason == (
+        "weights verified (tiny-fvlm); lung only, masks: ctnode (no TotalSegmentator weights "
+        "registered)"
+    )
     (scorer,) = built.segmented
     assert isinstance(scorer, FVLMScorer) and scorer.segmenter is None
     assert not hasattr(scorer.model, "text_encoder")  # the prompt latents are cached
@@ -172,8 +188,11 @@ def test_totalsegmentator_weights_are_taken_from_the_store_only(
     # the fast mode's model is there: TotalSegmentator is pointed at the store's copy
     fast = _settings(store)
     fast = dataclasses.replace(fast, neural=dataclasses.replace(fast.neural, organs_fast=True))
-    (scorer,) = ensemble.build(fast).segmented
+    built = ensemble.build(fast)
+    (scorer,) = built.segmented
     assert isinstance(scorer, FVLMScorer) and scorer.segmenter is not None
+    fvlm_state = {s.name: s for s in built.states}["fvlm"]
+    assert fvlm_state.reason.endswith("; organ masks: TotalSegmentator total fast (3 mm)")
     root = scorer.segmenter.root
     assert root.is_relative_to(store) and (root / required_folders(fast=True)[0]).is_dir()
     assert os.environ["TOTALSEG_WEIGHTS_PATH"] == str(root)
@@ -200,3 +219,56 @@ def test_weights_without_a_vocabulary_or_cache_disable_fvlm_only(tmp_path: Path)
     assert not states["fvlm"].enabled and states["fvlm"].fault
     assert "vocab" in states["fvlm"].reason
     assert built.names == ("quantitative",)
+
+
+def test_a_site_registers_fvlm_and_totalsegmentator_with_the_cli(tmp_path: Path) -> None:
+    obtained = tmp_path / "download"
+    obtained.mkdir()
+    torch.save({"model": tiny_state(seed=2)}, obtained / "fvlm.pth")
+    (obtained / "arch.json").write_text(json.dumps(TINY))
+    vocab_file(obtained / "vocab.txt")
+    with zipfile.ZipFile(obtained / "totalseg.zip", "w") as zf:
+        zf.writestr("Dataset297_TotalSegmentator_total_3mm_1559subj/dataset.json", "{}")
+    store = tmp_path / "weights"
+
+    def ctnode(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ctnode_command("weights", "--store", str(store), *argv),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = ctnode(
+        "register",
+        str(obtained / "fvlm.pth"),
+        "--name",
+        "fvlm",
+        "--analyzer",
+        "fvlm",
+        "--architecture",
+        str(obtained / "arch.json"),
+        "--vocab",
+        str(obtained / "vocab.txt"),
+    )
+    assert done.returncode == 0, done.stderr
+    done = ctnode(
+        "register",
+        str(obtained / "totalseg.zip"),
+        "--name",
+        "totalseg-v2",
+        "--analyzer",
+        "totalsegmentator",
+    )
+    assert done.returncode == 0, done.stderr
+    listed = ctnode("list")
+    assert "totalseg-v2\t1\tpresent\ttotalsegmentator" in listed.stdout
+    checked = ctnode("check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # registered, but the default (full) mode's models are not in the zip: said, not hidden
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("fvlm\t"))
+    assert line.startswith("fvlm\tenabled\tweights verified (fvlm); lung only, masks: ctnode")
+    assert "lack the full mode's Dataset291" in line
+    sha = hashlib.sha256((obtained / "fvlm.pth").read_bytes()).hexdigest()
+    assert text_cache_path(store / "fvlm.pth", sha).is_file()

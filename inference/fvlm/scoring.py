@@ -91,6 +91,13 @@ class FVLMScorer:
         self.model = self.model.to(self.device).eval()
         self._text = {k: v.to(self.device) for k, v in prompt_table(self.prompt_latents).items()}
 
+    @property
+    def detail(self) -> str:
+        """Where the organ masks come from (``/health``, ``ctnode weights check``)."""
+        if self.segmenter is not None:
+            return f"organ masks: {self.segmenter.mode}"
+        return f"{LUNG_ONLY} ({self.fallback or 'no TotalSegmentator weights registered'})"
+
     def masks(self, segmented: Segmented) -> tuple[Masks, tuple[str, ...]]:
         """The organ masks to score and the notes that say where they came from."""
         if self.segmenter is None:
@@ -130,14 +137,16 @@ class FVLMScorer:
         return out
 
     def probabilities(self, latents: dict[int, list[Tensor]]) -> dict[str, float]:
-        """Label -> P(positive), averaged over the windows that scored its organ."""
+        """Label -> P(positive), averaged over the windows that scored its organ (one copy to
+        the CPU per organ)."""
         probs: dict[str, float] = {}
         with torch.no_grad():
             for organ, found in latents.items():
-                stacked = torch.stack(found)
-                for label in ORGAN_LABELS[ORGANS[organ]]:
-                    logits = self.model.logits(stacked, self._text[label])
-                    probs[label] = float(logits.softmax(-1)[:, 1].mean())
+                labels = ORGAN_LABELS[ORGANS[organ]]
+                text = torch.stack([self._text[label] for label in labels])  # (L, 2, E)
+                logits = torch.einsum("ne,lke->nlk", torch.stack(found), text) / self.model.temp
+                means = logits.softmax(-1)[..., 1].mean(0).tolist()
+                probs.update(zip(labels, means, strict=True))
         return probs
 
     def analyze(self, segmented: Segmented) -> AnalyzerResult:
