@@ -54,6 +54,8 @@ class FVLMConfig:
     bert: BertConfig = CXR_BERT
     embed_dim: int = 256
     organ_heads: int = 4
+    # Prompts are padded to this length as the original tokenises them; padded positions are
+    # masked, so the length does not change a prompt's latent.
     max_txt_len: int = 128
 
     @classmethod
