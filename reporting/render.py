@@ -220,7 +220,8 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             (f for f in result.findings if f.score is not None and f.score >= 0.5),
             key=lambda f: -(f.score or 0.0),
         )
-        line = f"{title} ({''.join(n + '; ' for n in result.notes[:1])}not calibrated): "
+        note = f"{result.notes[0]}; " if result.notes else ""  # e.g. fVLM on the lungs only
+        line = f"{title} ({note}not calibrated): "
         if not high:
             lines.append(line + "no label at or above 0.50")
             continue
