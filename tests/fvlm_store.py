@@ -7,7 +7,6 @@ patch (so the real windows run), with 16 channels instead of 768."""
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +81,3 @@ def make_store(store: Path, *, vocab: bool = True, seed: int = 1) -> Path:
         vocab=store / "vocab.txt" if vocab else None,
     )
     return store
-
-
-def register_totalsegmentator(store: Path, folders: list[str]) -> Path:
-    """Register a zip of a TotalSegmentator weights folder holding ``folders`` (empty dataset
-    folders: enough to check where the node points it, not to run it)."""
-    archive = store.parent / "totalseg-weights.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name in folders:
-            zf.writestr(f"nnunet/results/{name}/dataset.json", "{}")
-    weights.register(store, archive, name="totalseg-v2", analyzer="totalsegmentator")
-    return archive

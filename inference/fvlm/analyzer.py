@@ -65,10 +65,10 @@ def organ_segmenter(
         point_at(root, store / ".totalsegmentator-home")
         segmenter = OrganSegmenter(root, settings.organs_fast, device)
         segmenter.check()
-    except (OrgansError, OSError) as exc:
-        return None, f"TotalSegmentator weights {entry.name}: {exc}"
     except ImportError as exc:
         return None, f"TotalSegmentator is not installed (the 'organs' extra): {exc}"
+    except (OrgansError, OSError) as exc:
+        return None, f"TotalSegmentator weights {entry.name}: {exc}"
     return segmenter, ""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from inference.volume import Volume
 
@@ -129,7 +130,14 @@ def point_at(root: Path, home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "config.json"
     settings = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
-    settings.update({"totalseg_id": "ctnode", "send_usage_stats": False, "prediction_counter": 0})
+    settings.update(
+        {
+            "totalseg_id": "ctnode",
+            "send_usage_stats": False,
+            "statistics_disclaimer_shown": True,
+            "prediction_counter": 0,
+        }
+    )
     config.write_text(json.dumps(settings), encoding="utf-8")
     os.environ["TOTALSEG_WEIGHTS_PATH"] = str(root)
     os.environ["TOTALSEG_HOME_DIR"] = str(home)
@@ -153,12 +161,22 @@ class OrganSegmenter:
 
     def check(self) -> None:
         """Every dataset folder of the mode is there (TotalSegmentator would download a
-        missing one) and the package imports; ``OrgansError`` or ``ImportError`` otherwise."""
+        missing one) and the stack it runs on imports (nnU-Net, its networks, timm,
+        torchvision); ``OrgansError`` saying what is wrong otherwise."""
         for name in required_folders(self.fast):
             if not (self.root / name).is_dir():
                 raise OrgansError(f"TotalSegmentator weights {name} are not in {self.root}")
-        # the optional heavy dependency, imported only where it runs
-        import totalsegmentator.python_api  # noqa: PLC0415, F401
+        try:
+            # the optional heavy dependency, imported only where it runs; a broken install
+            # (say a torchvision built for another torch) raises more than ImportError
+            import timm  # noqa: PLC0415, F401  (nnU-Net imports every trainer: some need it)
+            import totalsegmentator.python_api  # noqa: PLC0415, F401
+        except ImportError:
+            raise
+        except Exception as exc:
+            raise OrgansError(
+                f"TotalSegmentator cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def segment(self, volume: Volume) -> dict[str, npt.NDArray[np.bool_]]:
         """The four organ masks of ``volume`` (z, y, x)."""
@@ -169,17 +187,22 @@ class OrganSegmenter:
 
         self.check()
         data, affine = to_nifti_arrays(volume)
+        image = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]
         with self._lock:
-            out = totalsegmentator(
-                nib.Nifti1Image(data, affine),  # type: ignore[no-untyped-call]
-                None,
-                ml=True,
-                fast=self.fast,
-                task="total",
-                quiet=True,
-                skip_saving=True,
-                device=self.device,
-            )
+            threads = torch.get_num_threads()  # it takes every core of the machine
+            try:
+                out = totalsegmentator(
+                    image,
+                    None,
+                    ml=True,
+                    fast=self.fast,
+                    task="total",
+                    quiet=True,
+                    skip_saving=True,
+                    device=self.device,
+                )
+            finally:
+                torch.set_num_threads(threads)
         labels = from_nifti_labels(np.asarray(out.dataobj))
         ids = {name: i for i, name in class_map["total"].items()}
         return merge(labels, ids)
