@@ -206,7 +206,8 @@ def test_totalsegmentator_runs_on_the_store_weights_only(
     (scorer,) = built.segmented
     assert isinstance(scorer, FVLMScorer)
     if scorer.segmenter is None:  # a broken install says so, and fVLM still serves
-        assert "cannot be imported" in scorer.fallback, scorer.fallback
+        why = scorer.fallback
+        assert "cannot be imported" in why or "is not installed" in why, why
         pytest.skip(f"TotalSegmentator's stack does not import here: {scorer.fallback}")
     fvlm_state = {s.name: s for s in built.states}["fvlm"]
     assert fvlm_state.reason.endswith("; organ masks: TotalSegmentator total fast (3 mm)")
