@@ -304,7 +304,9 @@ class NeuralSettings:
     are off by default: on generated weights of the published shape bf16 moved a
     probability by up to 0.09 (2.7 % of the tokens pick another codebook row), beyond the
     1e-2 we accept, so a site turns it on only after ``benchmarks/ctclip.py`` shows its
-    weights stay within that.
+    weights stay within that. ``device`` places fVLM (``auto``: CUDA when present);
+    ``organs_fast`` runs TotalSegmentator's 3 mm model for fVLM's organ masks instead of the
+    full 1.5 mm models fVLM was trained on.
     """
 
     weights_dir: str = "weights"
