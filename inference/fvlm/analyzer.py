@@ -109,9 +109,6 @@ def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> FVLMScorer
         weights_sha256=(entry.sha256,),
         segmenter=segmenter,
         fallback=why,
-        # on the CPU a batch of windows was slower than the same windows one by one
-        # (benchmarks/fvlm.py); on a GPU a batch fills the device
-        batch=4 if device.type == "cuda" else 1,
     )
     log.info(
         "analyzer fvlm loaded %s %s on %s, organ masks: %s",
