@@ -26,9 +26,6 @@ WIRED = frozenset(BY_NAME)
 # Weights the store holds for another analyzer's use, not analyzers of the ensemble:
 # TotalSegmentator's, which make fVLM's organ masks (``inference.fvlm.organs``).
 HELPERS = ("totalsegmentator",)
-# Weights the store holds for another analyzer's use, not analyzers of the ensemble:
-# TotalSegmentator's, which make fVLM's organ masks (``inference.fvlm.organs``).
-HELPERS = ("totalsegmentator",)
 
 
 @dataclass(frozen=True)
