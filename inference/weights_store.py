@@ -67,7 +67,14 @@ class ModelEntry:
 
 
 FIELDS = ("name", "version", "file", "sha256", "size", "licence", "source", "analyzer")
-OPTIONAL_FIELDS = ("architecture", "vocab", "companion", "companion_sha256", "companion_size", "card")
+OPTIONAL_FIELDS = (
+    "architecture",
+    "vocab",
+    "companion",
+    "companion_sha256",
+    "companion_size",
+    "card",
+)
 SIDE_FILES = ("architecture", "vocab", "companion", "card")
 HEADER = (
     "# Model weights the analyzers load, verified by sha256 before use.\n"
@@ -308,7 +315,8 @@ def register(
         licence or "as obtained by this site; see the provider's terms",
         origin or "registered locally (ctnode weights register)",
         analyzer,
-        *side,
+        architecture=side[0],
+        vocab=side[1],
         companion=second.name if second else "",
         companion_sha256=cached_sha256(second) if second else "",
         companion_size=second.stat().st_size if second else 0,

@@ -137,7 +137,8 @@ def _heat(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     position = v * (len(stops) - 1)
     low = np.clip(np.floor(position).astype(int), 0, len(stops) - 2)
     frac = position - low
-    return (stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac).astype(np.float32)
+    mixed = stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac
+    return np.asarray(mixed, dtype=np.float32)
 
 
 def map_image(analysis: Analysis, volume: Volume, shown: SliceMap, z: int) -> npt.NDArray[np.uint8]:

@@ -20,14 +20,15 @@ import torch
 
 import config
 from inference import ensemble
-from inference.analyzer import Segmented
+from inference.analyzer import Analyzer, Segmented
 from inference.anomaly.analyzer import AnomalyDetector
-from inference.anomaly.results import FEATURE_SET, LABEL, NAME
+from inference.anomaly.results import FEATURE_SET, LABEL, NAME, TITLE
 from inference.findings import Analysis
 from inference.loading import load_series
 from inference.volume import Volume
+from inference.weights_store import find, read_manifest
 from reporting import write_outputs
-from reporting.render import not_run_line
+from reporting.render import neural_lines, not_run_line
 from tests.anomaly_store import make_store
 from tests.http_node import make_node
 from tests.phantoms import chest_phantom
@@ -98,12 +99,16 @@ def reduced(store: Path, volume: Volume) -> tuple[ensemble.Ensemble, Analysis]:
 
 
 def test_reduced_mode_runs_on_the_cpu_and_says_so(
-    reduced: tuple[ensemble.Ensemble, Analysis], volume: Volume
+    reduced: tuple[ensemble.Ensemble, Analysis], volume: Volume, store: Path
 ) -> None:
     built, analysis = reduced
     assert built.names == ("quantitative", NAME)
     (detector,) = built.segmented
     assert isinstance(detector, AnomalyDetector)
+    contract: Analyzer[Segmented] = detector
+    entry = find(read_manifest(store / "manifest.toml"), "tiny-diffusion-anomaly")
+    assert contract.name == NAME and contract.version.startswith("tiny-diffusion-anomaly-1/")
+    assert contract.weights_sha256 == (entry.sha256, entry.companion_sha256)
     assert detector.procedure.schedule.steps == 8 and detector.procedure.noise_level == 4
     result = {r.analyzer: r for r in analysis.results}[NAME]
     assert result.version.endswith("/reduced-8-steps")
@@ -123,6 +128,11 @@ def test_reduced_mode_runs_on_the_cpu_and_says_so(
     assert np.array_equal(again.maps[0].values, shown.values)
 
 
+def shown_note(analysis: Analysis) -> str:
+    (result,) = (r for r in analysis.results if r.analyzer == NAME)
+    return result.maps[0].note
+
+
 def test_reduced_mode_outputs_are_valid_and_say_it_is_reduced(
     reduced: tuple[ensemble.Ensemble, Analysis],
     volume: Volume,
@@ -139,9 +149,8 @@ def test_reduced_mode_outputs_are_valid_and_say_it_is_reduced(
     sr = pydicom.dcmread(out.sr)
     texts = _texts(out.sr)
     assert "CTN-0400" in texts and result.version in texts  # the group and TID 4019 version
-    coordinates = [
-        e for e in sr.iterall() if e.keyword == "GraphicType" and e.value == "POINT"
-    ]
+    assert f"{NAME}: {shown_note(analysis)}" in texts  # the reduced procedure, in words
+    coordinates = [e for e in sr.iterall() if e.keyword == "GraphicType" and e.value == "POINT"]
     assert coordinates, "the centre of the largest region is a SCOORD3D POINT"
     problems = dciodvfy(out.sr)
     assert problems == [], problems
@@ -163,6 +172,7 @@ def test_reduced_mode_outputs_are_valid_and_say_it_is_reduced(
         strong = (pixels[..., 0] > 200) & (pixels[..., 2] < 60)  # the ramp's red end
         maps.append(strong.sum())
     assert len(out.sc) >= 3 and max(maps) > 0  # a key image with the colour map and its bar
+    assert f"{TITLE}: {shown_note(analysis)}"[:108] in neural_lines(analysis)
 
 
 def test_the_node_runs_the_reduced_detector_on_an_upload(

@@ -40,8 +40,7 @@ log = logging.getLogger(__name__)
 
 HEALTHY = 0
 FULL_COST = (
-    "about 1,500 network evaluations per slice (about 43 min per 256x256 slice on 2 CPU "
-    "threads)"
+    "about 1,500 network evaluations per slice (about 43 min per 256x256 slice on 2 CPU threads)"
 )
 
 
@@ -81,14 +80,6 @@ class Procedure:
         return network_evaluations(self.noise_level)
 
 
-def pick_device(threads: int) -> torch.device:
-    """CUDA when present, else the CPU with ``threads`` intra-op threads."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    torch.set_num_threads(threads)
-    return torch.device("cpu")
-
-
 def window(slices: np.ndarray, card: ModelCard) -> Tensor:
     """HU slices (n, y, x) -> (n, 1, size, size) in [-1, 1] through the card's window."""
     low, high = card.hu_window
@@ -116,8 +107,9 @@ class AnomalyDetector:
         version: str,
         weights_sha256: tuple[str, ...],
     ) -> None:
-        self.unet = unet.to(device).eval()
-        self.classifier = classifier.to(device).eval()
+        # gradients flow to the slice only (the guidance), never to the weights
+        self.unet = unet.to(device).eval().requires_grad_(False)
+        self.classifier = classifier.to(device).eval().requires_grad_(False)
         self.card = card
         self.procedure = procedure
         self.settings = settings
@@ -249,8 +241,8 @@ def load(
     except (CheckpointError, CardError) as exc:
         raise LoadError(f"{entry.name}: {exc}") from exc
     procedure = Procedure.from_card(card, settings.anomaly)
-    device = pick_device(settings.cpu_threads) if has_cuda else torch.device("cpu")
-    if device.type == "cpu":
+    device = torch.device("cuda" if has_cuda else "cpu")
+    if not has_cuda:
         torch.set_num_threads(settings.cpu_threads)
     version = f"{entry.name}-{entry.version}/code-{CODE_VERSION}"
     if procedure.note:

@@ -44,9 +44,9 @@ def space_timesteps(steps: int, spacing: str) -> list[int]:
         return list(range(steps))
     if spacing.startswith("ddim"):
         want = int(spacing[4:])
-        for stride in range(1, steps):
-            if len(range(0, steps, stride)) == want:
-                return list(range(0, steps, stride))
+        for step in range(1, steps):
+            if len(range(0, steps, step)) == want:
+                return list(range(0, steps, step))
         raise ValueError(f"cannot take exactly {want} of {steps} steps with an integer stride")
     counts = [int(c) for c in spacing.split(",")]
     size_per, extra = divmod(steps, len(counts))
@@ -57,7 +57,10 @@ def space_timesteps(steps: int, spacing: str) -> list[int]:
         if size < count:
             raise ValueError(f"cannot divide a section of {size} steps into {count}")
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(stride * j) for j in range(count)]
+        position = 0.0  # accumulated as the original does, so rounding lands alike
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 
@@ -88,7 +91,7 @@ class Schedule:
 
     @property
     def alphas_cumprod(self) -> F64:
-        return np.cumprod(1.0 - self.betas)
+        return np.asarray(np.cumprod(1.0 - self.betas), dtype=np.float64)
 
     def _at(self, values: F64, t: int, like: Tensor) -> Tensor:
         """``values[t]`` as a float32 scalar tensor on ``like``'s device."""

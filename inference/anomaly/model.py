@@ -122,7 +122,7 @@ class ResBlock(nn.Module):
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = self.out_layers[0](h) * (1 + scale) + shift
-            for layer in self.out_layers[1:]:
+            for layer in list(self.out_layers)[1:]:
                 h = layer(h)
         else:
             h = self.out_layers(h + e)
@@ -136,7 +136,7 @@ def attention(qkv: Tensor, heads: int, *, interleaved: bool) -> Tensor:
     bs, width, length = qkv.shape
     ch = width // (3 * heads)
     if interleaved:
-        q, k, v = qkv.reshape(bs * heads, ch * 3, length).split(ch, dim=1)
+        q, k, v = torch.split(qkv.reshape(bs * heads, ch * 3, length), ch, dim=1)
     else:
         q, k, v = (p.reshape(bs * heads, ch, length) for p in qkv.chunk(3, dim=1))
     scale = 1 / math.sqrt(math.sqrt(ch))
@@ -159,7 +159,8 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         flat = x.reshape(b, c, -1)
         h = attention(self.qkv(self.norm(flat)), self.heads, interleaved=True)
-        return (flat + self.proj_out(h)).reshape(b, c, *spatial)
+        out: Tensor = flat + self.proj_out(h)
+        return out.reshape(b, c, *spatial)
 
 
 class AttentionPool2d(nn.Module):
@@ -185,7 +186,7 @@ class Step(nn.ModuleList):
     """One entry of ``input_blocks``/``output_blocks``: layers applied in order, residual
     blocks given the embedding."""
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
@@ -360,9 +361,7 @@ class UNet(nn.Module):
         for level, m in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 layers: list[nn.Module] = [
-                    ResBlock(
-                        ch + widths.pop(), 4 * w, m * w, scale_shift=cfg.use_scale_shift_norm
-                    )
+                    ResBlock(ch + widths.pop(), 4 * w, m * w, scale_shift=cfg.use_scale_shift_norm)
                 ]
                 ch = m * w
                 if ds in cfg.attention_ds:
@@ -418,9 +417,7 @@ class Classifier(nn.Module):
             scale_shift=cfg.use_scale_shift_norm,
             updown=cfg.resblock_updown,
         )
-        self.middle_block = _middle(
-            ch, 4 * w, 1, cfg.num_head_channels, cfg.use_scale_shift_norm
-        )
+        self.middle_block = _middle(ch, 4 * w, 1, cfg.num_head_channels, cfg.use_scale_shift_norm)
         self.out = nn.Sequential(
             norm(ch),
             nn.SiLU(),
