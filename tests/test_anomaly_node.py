@@ -7,7 +7,9 @@ procedure was reduced."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from inference.weights_store import find, read_manifest
 from reporting import write_outputs
 from reporting.render import neural_lines, not_run_line
 from tests.anomaly_store import make_store
+from tests.conftest import ctnode_command, subprocess_env
 from tests.http_node import make_node
 from tests.phantoms import chest_phantom
 from tests.test_predict import get, post, zip_files
@@ -190,3 +193,45 @@ def test_the_node_runs_the_reduced_detector_on_an_upload(
         assert set(result["diffusion_anomaly_probabilities"]) == {LABEL}
     finally:
         node.stop()
+
+
+def test_a_site_registers_both_checkpoints_and_both_are_verified(tmp_path: Path) -> None:
+    obtained = make_store(tmp_path / "download")
+    store = tmp_path / "weights"
+
+    def ctnode(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ctnode_command("weights", "--store", str(store), *argv),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    registered = ctnode(
+        "register",
+        str(obtained / "model_tiny.pt"),
+        "--name",
+        "anomaly-ct",
+        "--analyzer",
+        NAME,
+        "--companion",
+        str(obtained / "modelclass_tiny.pt"),
+        "--card",
+        str(obtained / "card_tiny.json"),
+    )
+    assert registered.returncode == 0, registered.stderr
+    entry = find(read_manifest(store / "manifest.toml"), "anomaly-ct")
+    classifier = (obtained / "modelclass_tiny.pt").read_bytes()
+    assert entry.companion == "modelclass_tiny.pt" and entry.card == "card_tiny.json"
+    assert entry.companion_sha256 == hashlib.sha256(classifier).hexdigest()
+    assert entry.companion_size == len(classifier)
+    checked = ctnode("check")
+    if not torch.cuda.is_available():  # not run here, and that is no fault of the weights
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"{NAME}\tdisabled\tnot run: no GPU on this node" in checked.stdout
+
+    (store / "modelclass_tiny.pt").write_bytes(classifier[:-1] + bytes([classifier[-1] ^ 1]))
+    checked = ctnode("check")
+    assert checked.returncode == 1 and f"{NAME}\tFAULT" in checked.stdout
+    assert "modelclass_tiny.pt sha256" in checked.stdout
