@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from inference.anomaly.analyzer import reduced_spacing
 from inference.anomaly.diffusion import (
     Schedule,
     anomaly_map,
@@ -91,7 +92,7 @@ def main() -> int:
     ]
     betas = linear_betas(1000)
     noise = torch.randn_like(x)
-    reduced = Schedule.create(betas, str(args.reduced_steps))
+    reduced = Schedule.create(betas, reduced_spacing(1000, args.reduced_steps))
     level = max(2, round(reduced.steps * FULL_LEVEL / 1000))
 
     def run(schedule: Schedule, noise_level: int) -> None:

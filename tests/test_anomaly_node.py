@@ -23,7 +23,8 @@ import torch
 import config
 from inference import ensemble
 from inference.analyzer import Analyzer, Segmented
-from inference.anomaly.analyzer import AnomalyDetector
+from inference.anomaly.analyzer import AnomalyDetector, Procedure, window
+from inference.anomaly.card import ModelCard
 from inference.anomaly.results import FEATURE_SET, LABEL, NAME, TITLE
 from inference.findings import Analysis
 from inference.loading import load_series
@@ -235,3 +236,23 @@ def test_a_site_registers_both_checkpoints_and_both_are_verified(tmp_path: Path)
     checked = ctnode("check")
     assert checked.returncode == 1 and f"{NAME}\tFAULT" in checked.stdout
     assert "modelclass_tiny.pt sha256" in checked.stdout
+
+
+def test_the_full_procedure_is_the_cards_and_the_reduced_one_says_what_it_cut() -> None:
+    card = ModelCard()
+    full = Procedure.from_card(card, config.AnomalySettings())
+    assert (full.schedule.steps, full.noise_level, full.scale, full.note) == (1000, 500, 100.0, "")
+    assert full.evaluations == (998, 499)  # "about 1,500 network evaluations per slice"
+    reduced = Procedure.from_card(card, config.AnomalySettings(mode="reduced"))
+    assert (reduced.schedule.steps, reduced.noise_level) == (20, 10)
+    assert reduced.schedule.timesteps[10] == 500  # the same noise, in fewer steps
+    assert reduced.note.startswith("REDUCED mode: 20 of 1000 steps, noise level 10")
+
+
+def test_the_cards_window_maps_hu_to_the_networks_range() -> None:
+    card = ModelCard(image_size=32, hu_window=(-1000.0, 400.0))
+    hu = np.array([[[-2000.0, -1000.0], [-300.0, 1000.0]]], dtype=np.float32).repeat(16, 1)
+    x = window(hu.repeat(16, 2), card)
+    assert x.shape == (1, 1, 32, 32)
+    assert x.min().item() == pytest.approx(-1.0) and x.max().item() == pytest.approx(1.0)
+    assert x[0, 0, 24, 8].item() == pytest.approx(0.0)  # -300 HU: the window's middle

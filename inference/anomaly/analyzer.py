@@ -63,7 +63,7 @@ class Procedure:
         betas = linear_betas(card.diffusion_steps)
         if settings.mode == "reduced":
             steps = min(settings.reduced_steps, card.diffusion_steps)
-            schedule = Schedule.create(betas, str(steps))
+            schedule = Schedule.create(betas, reduced_spacing(card.diffusion_steps, steps))
         else:
             schedule = Schedule.create(betas, card.timestep_respacing)
         level = max(2, round(schedule.steps * card.noise_fraction))
@@ -78,6 +78,14 @@ class Procedure:
     @property
     def evaluations(self) -> tuple[int, int]:
         return network_evaluations(self.noise_level)
+
+
+def reduced_spacing(total: int, steps: int) -> str:
+    """An even integer stride when one gives ``steps`` (the noise level then lands on the
+    card's timestep exactly: 500 of 1000 is index 10 of ddim20), else even sections."""
+    if any(len(range(0, total, stride)) == steps for stride in range(1, total)):
+        return f"ddim{steps}"
+    return str(steps)
 
 
 def window(slices: np.ndarray, card: ModelCard) -> Tensor:
