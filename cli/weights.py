@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--architecture", type=Path, help="hyperparameters JSON (sizes other than the published)"
     )
     reg.add_argument("--vocab", type=Path, help="tokenizer vocab.txt (zero-shot prompts)")
+    reg.add_argument(
+        "--companion", type=Path, help="a second checkpoint (diffusion-anomaly: the classifier)"
+    )
+    reg.add_argument("--card", type=Path, help="model card JSON (diffusion-anomaly)")
     fet = sub.add_parser("fetch", help="download a model from its manifest URL, with resume")
     fet.add_argument("name")
     fet.add_argument(
@@ -101,6 +105,8 @@ def _register(args: argparse.Namespace, store: Path) -> int:
             origin=args.source,
             architecture=args.architecture,
             vocab=args.vocab,
+            companion=args.companion,
+            card=args.card,
         )
     except (weights_store.WeightsError, OSError) as exc:
         print(f"ctnode weights: {exc}", file=sys.stderr)
