@@ -221,9 +221,9 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             (f for f in result.findings if f.score is not None and f.score >= 0.5),
             key=lambda f: -(f.score or 0.0),
         )
-        note = f"{result.notes[0]}; " if result.notes else ""  # e.g. fVLM on the lungs only
+        caveat = f"{result.notes[0]}; " if result.notes else ""  # e.g. fVLM on the lungs only
         notes = [f"{title}: {m.note}"[:width] for m in result.maps if m.note]
-        line = f"{title} ({note}not calibrated): "
+        line = f"{title} ({caveat}not calibrated): "
         if not high:
             lines += [line + "no label at or above 0.50", *notes]
             continue
