@@ -293,3 +293,16 @@ def test_a_site_registers_fvlm_and_totalsegmentator_with_the_cli(tmp_path: Path)
     assert "lack the full mode's Dataset291" in line
     sha = hashlib.sha256((obtained / "fvlm.pth").read_bytes()).hexdigest()
     assert text_cache_path(store / "fvlm.pth", sha).is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present here")
+def test_a_cuda_device_that_is_not_there_disables_fvlm_with_the_reason(store: Path) -> None:
+    settings = _settings(store)
+    settings = dataclasses.replace(
+        settings, neural=dataclasses.replace(settings.neural, device="cuda")
+    )
+    built = ensemble.build(settings)
+    state = {s.name: s for s in built.states}["fvlm"]
+    assert not state.enabled and state.fault
+    assert "no CUDA device is present" in state.reason
+    assert built.names == ("quantitative",)

@@ -61,6 +61,8 @@ def pick_device(wanted: str, threads: int) -> torch.device:
     device = torch.device(wanted)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"[neural] device = {wanted!r} but no CUDA device is present")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"[neural] device = {wanted!r}: only {torch.cuda.device_count()} GPUs")
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
     return device
