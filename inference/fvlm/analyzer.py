@@ -74,6 +74,10 @@ def organ_segmenter(
 
 def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> FVLMScorer:
     """The scorer for ``entry`` on ``settings.device`` (``auto``: CUDA when present)."""
+    try:
+        device = pick_device(settings.device, settings.cpu_threads)
+    except (RuntimeError, ValueError) as exc:
+        raise LoadError(f"{entry.name}: {exc}") from exc
     cfg = read_config(store, entry)
     path = store / entry.file
     try:
@@ -93,10 +97,6 @@ def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> FVLMScorer
             "(ctnode weights register ... --vocab vocab.txt) so they are computed once"
         ) from exc
     drop_text(model)
-    try:
-        device = pick_device(settings.device, settings.cpu_threads)
-    except (RuntimeError, ValueError) as exc:
-        raise LoadError(f"{entry.name}: {exc}") from exc
     on = "cpu" if device.type == "cpu" else f"gpu:{device.index or 0}"
     segmenter, why = organ_segmenter(store, settings, on)
     if why:
