@@ -49,8 +49,7 @@ class BertConfig:
     type_vocab_size: int = 2
     pad_token_id: int = 0
     layer_norm_eps: float = 1e-12
-    # fVLM's BERT has no pooler, and token-type embeddings only when its checkpoint has them
-    # (type_vocab_size 0: none).
+    # fVLM's BERT has neither a pooler nor token-type embeddings (type_vocab_size 0: none).
     add_pooling_layer: bool = True
 
 
