@@ -208,10 +208,11 @@ def lungs_line(analysis: Analysis) -> str:
 
 
 def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
-    """One line per neural analyzer that ran: its labels at or above 0.5 (or at or above
-    their own threshold, where a model card gives one: MedNeXt), most probable first, as
+    """One line per neural analyzer that ran: its labels at or above 0.5 (or present at
+    their own thresholds, where its model card gives them: MedNeXt), most probable first, as
     many as fit in ``width`` characters (all scores are in the SR and the JSON; the page
-    names what stands out)."""
+    names what stands out); then how it ran when not as its model card says (a reduced
+    procedure)."""
     lines = []
     for result in analysis.results:
         title = NEURAL_TITLES.get(result.analyzer)
@@ -226,11 +227,12 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             ),
             key=lambda f: -(f.score or 0.0),
         )
-        line = f"{title} (not calibrated): "
+        caveat = f"{result.notes[0]}; " if result.notes else ""  # e.g. fVLM on the lungs only
+        notes = [f"{title}: {m.note}"[:width] for m in result.maps if m.note]
+        line = f"{title} ({caveat}not calibrated): "
         if not high:
-            lines.append(
-                line + ("no label at its threshold" if own else "no label at or above 0.50")
-            )
+            empty = "no label at its threshold" if own else "no label at or above 0.50"
+            lines += [line + empty, *notes]
             continue
         items = [f"{f.label} {f.score:.2f}" for f in high]
         shown = 0
@@ -238,6 +240,7 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             line += ("" if shown == 0 else ", ") + items[shown]
             shown += 1
         lines.append(line + (f" and {len(items) - shown} more" if shown < len(items) else ""))
+        lines += notes
     return lines
 
 

@@ -7,9 +7,9 @@ loaded strictly into the classifier the card describes (``checkpoint.read`` acce
 trainer's checkpoint dict, a plain state dict and DDP's ``module.`` prefix). The card's
 sha256 joins the weights' in the analyzer's identity, so an SR names both.
 
-An ``Analyzer[Segmented]``: the input is cut around the node's own lung mask. CUDA when
-present, else the CPU with ``[neural] cpu_threads``; float32 always (no reduced precision
-has been measured for this model).
+An ``Analyzer[Segmented]``: the input is cut around the node's own lung mask. On ``[neural]
+device`` (``auto``: CUDA when present, else the CPU with ``[neural] cpu_threads``); float32
+always (no reduced precision has been measured for this model).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 
 from config import NeuralSettings
 from inference.analyzer import Segmented
-from inference.ctclip.scoring import pick_device
 from inference.findings import AnalyzerResult
+from inference.fvlm.scoring import pick_device
 from inference.mednext.card import CardError, ModelCard
 from inference.mednext.checkpoint import CheckpointError, load_strict, read
 from inference.mednext.model import MedNeXtClassifier, classifier_for
@@ -90,7 +90,11 @@ def load_classifier(path: Path, card: ModelCard) -> MedNeXtClassifier:
 
 
 def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> MedNeXtScorer:
-    """The scorer for ``entry`` on CUDA when present, else on the CPU."""
+    """The scorer for ``entry`` on ``[neural] device`` (``auto``: CUDA when present)."""
+    try:
+        device = pick_device(settings.device, settings.cpu_threads)
+    except (RuntimeError, ValueError) as exc:
+        raise LoadError(f"{entry.name}: {exc}") from exc
     card = read_card(store, entry)
     try:
         model = load_classifier(store / entry.file, card)
@@ -98,7 +102,6 @@ def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> MedNeXtSco
         raise LoadError(f"{entry.name}: {exc}") from exc
     except (OSError, RuntimeError) as exc:
         raise LoadError(f"{entry.name}: {entry.file} cannot be read: {exc}") from exc
-    device = pick_device(settings.cpu_threads)
     scorer = MedNeXtScorer(
         model,
         card,
