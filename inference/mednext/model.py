@@ -282,9 +282,6 @@ class MedNeXtClassifier(nn.Module):
         """(batch, labels) logits of a (batch, 1, D, H, W) input."""
         return self.head(self.pooled(x))  # type: ignore[no-any-return]
 
-    def encoder_keys(self) -> list[str]:
-        return [k for k in self.state_dict() if k.startswith(ENCODER_PREFIXES)]
-
 
 def classifier_for(card: ModelCard) -> MedNeXtClassifier:
     """The untrained classifier a card describes (variant or custom sizes, kernel, labels)."""

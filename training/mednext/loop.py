@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class FitResult:
     thresholds: list[float]
     stopped_early: bool
     device: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
