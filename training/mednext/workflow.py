@@ -119,6 +119,7 @@ def train_inputs(
 ) -> Outcome:
     """Train the classifier ``draft`` describes on prepared inputs, write its card with the
     chosen thresholds and register both in ``store``."""
+    torch.manual_seed(options.seed)  # the head's (and a fresh encoder's) initialisation
     model = classifier_for(draft)
     if init is not None:
         state, _ = read(init)
