@@ -29,7 +29,8 @@ from inference.ctclip import model as ctclip_model
 from inference.ctclip.analyzer import drop_unused
 from inference.ctclip.model import CTCLIP
 from inference.ctclip.preprocess import preprocess
-from inference.ctclip.scoring import CTCLIPScorer, pick_device
+from inference.ctclip.scoring import CTCLIPScorer
+from inference.device import pick_device
 from inference.loading import load_series
 
 SERIES = (
@@ -114,7 +115,7 @@ def main() -> int:
     if not SERIES.is_dir():
         print(f"skipped: {SERIES} is absent")
         return 0
-    device = pick_device(args.threads)
+    device = pick_device("auto", args.threads)
     model: CTCLIP = random_ctclip()
     with torch.no_grad():
         # a trained CLIP's temperature (exp = 100, the clamp CLIP training uses): random

@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import REAL_CTS, REPO
 from inference.analyzer import Segmented
+from inference.device import pick_device
 from inference.fvlm.analyzer import drop_text
 from inference.fvlm.model import FVLM
 from inference.fvlm.preprocess import label_volume, organ_windows, prepare
-from inference.fvlm.scoring import FVLMScorer, pick_device
+from inference.fvlm.scoring import FVLMScorer
 from inference.loading import load_series
 from inference.quant import analyzer as quantitative
 from inference.volume import Volume

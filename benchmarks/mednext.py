@@ -52,11 +52,11 @@ def child_infer(variant: str, kernel: int, threads: int, repeat: int) -> dict[st
     import numpy as np
     import torch
 
-    from inference.ctclip.scoring import pick_device
+    from inference.device import pick_device
     from inference.mednext.model import classifier_for
     from inference.mednext.preprocess import preprocess
 
-    device = pick_device(threads)
+    device = pick_device("auto", threads)
     card = _card(variant, kernel, Preprocessing().input_size)
     model = classifier_for(card).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
@@ -95,11 +95,11 @@ def child_train(
     import torch
     from torch import nn
 
-    from inference.ctclip.scoring import pick_device
+    from inference.device import pick_device
     from inference.mednext.model import classifier_for
     from training.mednext.loop import Step
 
-    device = pick_device(threads)
+    device = pick_device("auto", threads)
     card = _card(variant, kernel, size)
     model = classifier_for(card).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

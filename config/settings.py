@@ -335,7 +335,7 @@ class NeuralSettings:
     are off by default: on generated weights of the published shape bf16 moved a
     probability by up to 0.09 (2.7 % of the tokens pick another codebook row), beyond the
     1e-2 we accept, so a site turns it on only after ``benchmarks/ctclip.py`` shows its
-    weights stay within that. ``device`` places fVLM and MedNeXt (``auto``: CUDA when present);
+    weights stay within that. ``device`` places every neural analyzer (``auto``: CUDA when present);
     ``organs_fast`` runs TotalSegmentator's 3 mm model for fVLM's organ masks instead of the
     full 1.5 mm models fVLM was trained on.
     """
@@ -345,7 +345,7 @@ class NeuralSettings:
     bf16_autocast: bool = False
     cpu_bf16: bool = False
     models: tuple[str, ...] = ()
-    # fVLM's and MedNeXt's device ("auto": CUDA when present) and TotalSegmentator's mode for
+    # every neural analyzer's device ("auto": CUDA when present) and TotalSegmentator's mode for
     # fVLM's organ masks (fast: the 3 mm model; full, the default: the five 1.5 mm models fVLM
     # was trained on).
     device: str = "auto"

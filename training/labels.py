@@ -86,7 +86,7 @@ def read_labels(path: Path, pathology: str | None = None, id_column: str | None 
         raise LabelError(f"cannot read labels {path}: {exc}") from exc
     if not header:
         raise LabelError(f"{path.name} has no header row")
-    column = _id_column(header, id_column, path.name)
+    column = id_column_of(header, id_column, path.name)
     wanted = pathology or ANY
     ct_rate = all(label in header for label in CT_RATE_LABELS)
     if wanted.lower() == ANY and ct_rate:
@@ -111,7 +111,7 @@ def read_labels(path: Path, pathology: str | None = None, id_column: str | None 
         identifier = normalise_id(row.get(column) or "")
         if not identifier:
             raise LabelError(f"{path.name} line {line}: empty {column!r}")
-        values = [_binary(row.get(s), s, line, path.name) for s in sources]
+        values = [binary_label(row.get(s), s, line, path.name) for s in sources]
         ids.append(identifier)
         ys.append(max(values))
         lines.append(line)
@@ -127,7 +127,7 @@ def read_labels(path: Path, pathology: str | None = None, id_column: str | None 
     )
 
 
-def _id_column(header: Sequence[str], chosen: str | None, name: str) -> str:
+def id_column_of(header: Sequence[str], chosen: str | None, name: str) -> str:
     if chosen:
         if chosen not in header:
             raise LabelError(f"{name} has no identifier column {chosen!r}")
@@ -141,7 +141,7 @@ def _id_column(header: Sequence[str], chosen: str | None, name: str) -> str:
     )
 
 
-def _binary(value: str | None, column: str, line: int, name: str) -> int:
+def binary_label(value: str | None, column: str, line: int, name: str) -> int:
     text = (value or "").strip().lower()
     if text in ("1", "1.0", "true", "yes"):
         return 1

@@ -33,6 +33,7 @@ from inference.anomaly.checkpoint import CheckpointError, load_classifier, load_
 from inference.anomaly.diffusion import Schedule, anomaly_map, linear_betas, network_evaluations
 from inference.anomaly.model import Classifier, ClassifierConfig, UNet, UNetConfig
 from inference.anomaly.results import CODE_VERSION, NAME, TITLE, to_result
+from inference.device import pick_device
 from inference.findings import AnalyzerResult, SliceMap
 from inference.weights_store import ModelEntry
 
@@ -233,8 +234,11 @@ def load(
     mode = settings.anomaly.mode
     if mode == "off":
         raise NotRunHere('not run: [neural.anomaly] mode = "off"')
-    has_cuda = torch.cuda.is_available() if cuda is None else cuda
-    if mode == "full" and not has_cuda:
+    if cuda is None:
+        device = pick_device(settings.device, settings.cpu_threads)
+    else:  # a test standing in for a machine with or without a GPU
+        device = torch.device("cuda" if cuda else "cpu")
+    if mode == "full" and device.type != "cuda":
         raise NotRunHere(
             f"not run: no GPU on this node; the full procedure is {FULL_COST}; "
             '[neural.anomaly] mode = "reduced" runs a reduced procedure on the CPU'
@@ -249,9 +253,6 @@ def load(
     except (CheckpointError, CardError) as exc:
         raise LoadError(f"{entry.name}: {exc}") from exc
     procedure = Procedure.from_card(card, settings.anomaly)
-    device = torch.device("cuda" if has_cuda else "cpu")
-    if not has_cuda:
-        torch.set_num_threads(settings.cpu_threads)
     version = f"{entry.name}-{entry.version}/code-{CODE_VERSION}"
     if procedure.note:
         version += f"/reduced-{procedure.schedule.steps}-steps"

@@ -19,7 +19,8 @@ from config import NeuralSettings
 from inference.ctclip.checkpoint import CheckpointError, Kind, load_checkpoint
 from inference.ctclip.model import CTCLIP, ClassFine, CTCLIPConfig
 from inference.ctclip.results import CODE_VERSION, SUPERVISED
-from inference.ctclip.scoring import CTCLIPScorer, pick_device, text_latents
+from inference.ctclip.scoring import CTCLIPScorer, text_latents
+from inference.device import pick_device
 from inference.weights_store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def load(store: Path, entry: ModelEntry, settings: NeuralSettings) -> CTCLIPScor
                 "(ctnode weights register ... --vocab vocab.txt) so they are computed once"
             ) from exc
     drop_unused(model)
-    device = pick_device(settings.cpu_threads)
+    device = pick_device(settings.device, settings.cpu_threads)
     bf16 = settings.bf16_autocast if device.type == "cuda" else settings.cpu_bf16
     scorer = CTCLIPScorer(
         model,

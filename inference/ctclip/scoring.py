@@ -128,14 +128,6 @@ def cached_text_latents(
     return latents
 
 
-def pick_device(threads: int) -> torch.device:
-    """CUDA when present, else CPU limited to ``threads`` intra-op threads."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    torch.set_num_threads(max(1, threads))
-    return torch.device("cpu")
-
-
 @dataclass
 class CTCLIPScorer:
     """A resident model that turns volumes into 18 probabilities (zero-shot or ClassFine).

@@ -53,21 +53,6 @@ def prompt_table(latents: Tensor) -> dict[str, Tensor]:
     return {label: latents[2 * i : 2 * i + 2] for i, label in enumerate(labels)}
 
 
-def pick_device(wanted: str, threads: int) -> torch.device:
-    """``auto``: CUDA when present, else the CPU; or the device named (``cpu``, ``cuda``,
-    ``cuda:1``). On the CPU, ``threads`` intra-op threads."""
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(wanted)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"[neural] device = {wanted!r} but no CUDA device is present")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"[neural] device = {wanted!r}: only {torch.cuda.device_count()} GPUs")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-    return device
-
-
 @dataclass
 class FVLMScorer:
     """The resident fVLM analyzer (``Analyzer[Segmented]``).

@@ -23,8 +23,8 @@ import torch
 
 from config import NeuralSettings
 from inference.analyzer import Segmented
+from inference.device import pick_device
 from inference.findings import AnalyzerResult
-from inference.fvlm.scoring import pick_device
 from inference.mednext.card import CardError, ModelCard
 from inference.mednext.checkpoint import CheckpointError, load_strict, read
 from inference.mednext.model import MedNeXtClassifier, classifier_for

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from training.labels import ID_COLUMNS, LabelError, _binary, _id_column, normalise_id
+from training.labels import ID_COLUMNS, LabelError, binary_label, id_column_of, normalise_id
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def read_multilabels(
         raise LabelError(f"cannot read labels {path}: {exc}") from exc
     if not header:
         raise LabelError(f"{path.name} has no header row")
-    column = _id_column(header, id_column, path.name)
+    column = id_column_of(header, id_column, path.name)
     if labels:
         missing = [lb for lb in labels if lb not in header]
         if missing:
@@ -65,7 +65,7 @@ def read_multilabels(
         if not identifier:
             raise LabelError(f"{path.name} line {line}: empty {column!r}")
         ids.append(identifier)
-        rows.append([_binary(row.get(lb), lb, line, path.name) for lb in chosen])
+        rows.append([binary_label(row.get(lb), lb, line, path.name) for lb in chosen])
         lines.append(line)
     if not ids:
         raise LabelError(f"{path.name} has a header but no labels")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from inference.device import pick_device
 from inference.mednext.checkpoint import state_dict_of
 from training.metrics import auroc, choose_threshold
 
@@ -93,10 +94,6 @@ def load_input(item: Input) -> npt.NDArray[np.float32]:
     if isinstance(item, Path):
         return np.load(item, mmap_mode="r")  # type: ignore[no-any-return]
     return item
-
-
-def pick_device(name: str) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def pos_weight(y: npt.NDArray[np.int_]) -> Tensor:
