@@ -48,6 +48,11 @@ class ModelEntry:
     ``file``, its classifier in ``companion``) names the second with its own
     ``companion_sha256`` and ``companion_size``, verified like ``file``; ``card`` is a JSON
     model card in the store (how the model is applied: image size, window, thresholds).
+
+    ``architecture_sha256``, ``vocab_sha256`` and ``card_sha256`` verify those side files:
+    they change what the model computes as surely as its weights do (``ctnode weights
+    register`` writes them; a manifest written without them has its side files used
+    unverified).
     """
 
     name: str
@@ -64,6 +69,9 @@ class ModelEntry:
     companion_sha256: str = ""
     companion_size: int = 0
     card: str = ""
+    architecture_sha256: str = ""
+    vocab_sha256: str = ""
+    card_sha256: str = ""
 
 
 FIELDS = ("name", "version", "file", "sha256", "size", "licence", "source", "analyzer")
@@ -74,8 +82,13 @@ OPTIONAL_FIELDS = (
     "companion_sha256",
     "companion_size",
     "card",
+    "architecture_sha256",
+    "vocab_sha256",
+    "card_sha256",
 )
 SIDE_FILES = ("architecture", "vocab", "companion", "card")
+# Side files verified by a digest of their own (the companion has its size too).
+HASHED_SIDES = ("architecture", "vocab", "card")
 HEADER = (
     "# Model weights the analyzers load, verified by sha256 before use.\n"
     "# One [[models]] table per file: name, version, file, sha256, size, licence, source, "
@@ -107,6 +120,11 @@ def read_manifest(path: Path) -> list[ModelEntry]:
         hashes = [("sha256", entry.sha256)]
         if entry.companion:
             hashes.append(("companion_sha256", entry.companion_sha256))
+        hashes += [
+            (f"{side}_sha256", digest)
+            for side in HASHED_SIDES
+            if (digest := getattr(entry, f"{side}_sha256"))
+        ]
         for key, digest in hashes:
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise WeightsError("bad-manifest", f"{entry.name}: {key} must be 64 lower-case hex")
@@ -167,7 +185,17 @@ def status(store: Path, entry: ModelEntry) -> tuple[State, str]:
         digest = cached_sha256(path)
         if digest != expected:
             return "corrupt", f"{name} sha256 {digest[:12]}... != {expected[:12]}..."
-    verified = " and ".join(name for name, _, _ in files)
+    for side in HASHED_SIDES:
+        name, expected = getattr(entry, side), getattr(entry, f"{side}_sha256")
+        if not name or not expected:
+            continue
+        path = store / name
+        if not path.is_file():
+            return "missing", f"{side} {name} is not in {store}"
+        if (digest := sha256_file(path)) != expected:
+            return "corrupt", f"{side} {name} sha256 {digest[:12]}... != {expected[:12]}..."
+        files.append((name, 0, expected))
+    verified = ", ".join(name for name, _, _ in files)
     return "present", f"{verified} verified"
 
 
@@ -321,6 +349,9 @@ def register(
         companion_sha256=cached_sha256(second) if second else "",
         companion_size=second.stat().st_size if second else 0,
         card=card_name,
+        architecture_sha256=sha256_file(architecture) if architecture else "",
+        vocab_sha256=sha256_file(vocab) if vocab else "",
+        card_sha256=sha256_file(card) if card else "",
     )
     update_manifest(store / "manifest.toml", (entry,))
     return entry

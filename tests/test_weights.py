@@ -156,3 +156,20 @@ def test_analyzer_states_say_why(tmp_path: Path) -> None:
     (store / "model.pt").write_bytes(PAYLOAD[:-1] + b"x")
     corrupt = {a.name: a for a in analyzer_states(store)}["ctclip"]
     assert corrupt.fault and "sha256" in corrupt.reason
+
+
+def test_a_changed_side_file_is_refused_like_changed_weights(tmp_path: Path) -> None:
+    source, card = tmp_path / "model.pt", tmp_path / "card.json"
+    source.write_bytes(b"weights")
+    card.write_text('{"threshold": 0.5}')
+    store = tmp_path / "store"
+    entry = weights.register(store, source, name="m", analyzer="mednext", card=card)
+    (manifest_entry,) = weights.read_manifest(store / "manifest.toml")
+    assert manifest_entry.card_sha256 == entry.card_sha256 != ""
+    state, why = weights.status(store, manifest_entry)
+    assert state == "present" and "card.json" in why
+    (store / "card.json").write_text('{"threshold": 0.1}')  # a threshold edited in place
+    state, why = weights.status(store, manifest_entry)
+    assert state == "corrupt" and why.startswith("card card.json sha256")
+    (store / "card.json").unlink()
+    assert weights.status(store, manifest_entry)[0] == "missing"
