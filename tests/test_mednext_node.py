@@ -30,7 +30,7 @@ from inference.mednext.preprocess import preprocess
 from inference.mednext.results import FEATURE_SET, feature_name
 from inference.quant.segmentation import segment
 from inference.volume import Volume
-from inference.weights_store import find, read_manifest
+from inference.weights_store import find, read_manifest, sha256_file, update_manifest
 from reporting import write_outputs
 from reporting.render import neural_lines
 from tests.conftest import REPO, ctnode_command, subprocess_env
@@ -155,7 +155,15 @@ def test_weights_that_cannot_run_disable_mednext_with_the_reason(tmp_path: Path)
 
     other = phantom_card(labels=LABELS[:5])  # a card that is not the weights'
     store = make_store(tmp_path / "b")
-    other.write(store / "tiny-mednext.card.json")
+    card = store / "tiny-mednext.card.json"
+    other.write(card)  # edited in place: its registered sha256 no longer matches
+    state = {s.name: s for s in ensemble.build(_settings(store)).states}["mednext"]
+    assert not state.enabled and state.fault
+    assert "card tiny-mednext.card.json sha256" in state.reason
+
+    manifest = store / "manifest.toml"  # registered as it is: it loads, and does not fit
+    (entry,) = read_manifest(manifest)
+    update_manifest(manifest, (dataclasses.replace(entry, card_sha256=sha256_file(card)),))
     state = {s.name: s for s in ensemble.build(_settings(store)).states}["mednext"]
     assert not state.enabled and "shape-mismatch" in state.reason and "head.weight" in state.reason
 
