@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs
+APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs postgresql
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 
@@ -35,6 +35,7 @@ bench: $(STAMP) tools
 # npm comes with some nodejs builds (NodeSource's): Debian's npm only where it does not.
 tools:
 	@missing=""; for t in storescu storescp dciodvfy Orthanc chromium java node npm; do command -v $$t >/dev/null || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing=1; \
 	[ -f /usr/share/java/pixelmed.jar ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -57,7 +58,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,postgres]'
 	$(BIN)/pip install -q '$(TORCH)' || echo "note: $(TORCH) not installed: the CT-CLIP tests will skip"
 	rm -f $(VENV)/.installed-*
 	touch $@
