@@ -68,16 +68,17 @@ class DeliveryQueries(Connection):
     def due_deliveries(self, now: float) -> list[dict[str, Any]]:
         """Claim the PENDING rows whose next attempt is due and that no other sender holds
         (or whose sender's lease ran out), oldest first: they are this sender's until its
-        lease ends, renewed by its heartbeat."""
+        lease ends, renewed by its heartbeat. Rows this node id already holds are its own
+        from before a restart (one tick runs at a time in a process), sent again."""
         epoch = self.dialect.epoch
         with self.transaction() as conn:
             rows = conn.execute(
                 f"UPDATE outbox SET owner = ?, lease_until = {epoch} + ? WHERE id IN "
                 "(SELECT id FROM outbox WHERE state = 'PENDING' AND next_attempt_epoch <= ? "
-                f"AND (owner IS NULL OR lease_until IS NULL OR lease_until < {epoch}) "
-                f"ORDER BY id{self.dialect.skip_locked}) "
+                "AND (owner IS NULL OR owner = ? OR lease_until IS NULL "
+                f"OR lease_until < {epoch}) ORDER BY id{self.dialect.skip_locked}) "
                 "RETURNING id, destination, path, attempts, created_epoch",
-                (self.node_id, self.lease, now),
+                (self.node_id, self.lease, now, self.node_id),
             ).fetchall()
         return sorted((dict(zip(row.keys(), row, strict=True)) for row in rows), key=_by_id)
 

@@ -1,0 +1,247 @@
+"""Black box: the node as several processes, as on several hosts, with real parts: a real
+PostgreSQL server (or, the same scenario, SQLite shared by the processes of one host), real
+``ctnode serve`` processes (2 receivers, 2 workers, 2 senders), a pynetdicom PACS that records
+every C-STORE and answers 0x0111 to a duplicate, small synthetic chest CTs.
+
+On the way: the same study arrives at both receivers at once; a receiver is killed (-9) in the
+middle of an association and the modality sends the study again to the other one; a worker is
+killed (-9) while it analyses and started again; another worker is stopped (SIGSTOP) past its
+lease and resumed; an instance arrives late for a series another process analyses; a sender
+is killed (-9) while the PACS holds its answer back; PostgreSQL restarts mid-run. Afterwards:
+every acknowledged instance has its file and row, every series a final state, no job is
+claimed, and the PACS holds exactly the SR and SC SOP Instance UIDs the index recorded for
+delivery, one report per reported revision. ``CTNODE_SOAK_STUDIES`` (``make soak``) sends more
+studies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.index import Index
+from tests.cluster import Host, RecordingPacs, store, wait_until
+from tests.phantoms import chest_phantom
+from tests.postgres_server import PostgresServer
+
+pytestmark = pytest.mark.slow
+
+STUDIES = int(os.environ.get("CTNODE_SOAK_STUDIES", "3"))
+LEASE = 4.0
+FINAL = {"SENT", "INVALID", "NOT_SELECTED", "FAILED"}
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+def late_slice(files: list[Path], folder: Path) -> Path:
+    """One more slice past the end of the series (a new SOP Instance UID)."""
+    ds = pydicom.dcmread(files[-1])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+        entropy_srcs=[str(ds.SOPInstanceUID), "late"]
+    )
+    position = [float(v) for v in ds.ImagePositionPatient]
+    position[2] += float(ds.SliceThickness)
+    ds.ImagePositionPatient = position
+    ds.InstanceNumber = int(ds.InstanceNumber) + 1
+    path = folder / "late.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def running_job(index: Index, owners: set[str]) -> str | None:
+    rows = index.query("SELECT owner FROM jobs WHERE state = 'running' AND owner IS NOT NULL")
+    held = [r["owner"] for r in rows if r["owner"] in owners]
+    return held[0] if held else None
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_receivers_workers_and_senders_survive_kills_and_restarts(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    pg: PostgresServer | None = None
+    url = ""
+    if backend == "postgresql":
+        pg = request.getfixturevalue("postgres")
+        pg.reset()
+        url = pg.url
+    data = tmp_path / "shared"
+    pacs = RecordingPacs(delay=0.3)
+    env = {
+        "CTNODE_STORAGE__DATA_DIR": str(data),
+        "CTNODE_STORAGE__FSYNC": "false",
+        "CTNODE_CLUSTER__LEASE": str(LEASE),
+        "CTNODE_CLUSTER__HEARTBEAT": "0.5",
+        "CTNODE_ASSEMBLY__STABLE_AGE": "1",
+        "CTNODE_ASSEMBLY__TICK": "0.25",
+        "CTNODE_WORKER__POLL": "0.25",
+        "CTNODE_WORKER__GRACE": "5",
+        "CTNODE_OUTBOX__TICK": "0.5",
+        "CTNODE_OUTBOX__BACKOFF_INITIAL": "0.5",
+        "CTNODE_OUTBOX__BACKOFF_MAX": "1",
+        "CTNODE_OUTBOX__MAX_ATTEMPTS": "1000",
+        "CTNODE_OUTBOX__TIMEOUT": "10",
+        "CTNODE_DESTINATIONS": json.dumps([pacs.destination]),
+    }
+    if url:
+        env["CTNODE_DATABASE__URL"] = url
+    data.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    hosts = {
+        name: Host(role, name, env, logs)
+        for name, role in [
+            ("r1", "receiver"),
+            ("r2", "receiver"),
+            ("w1", "worker"),
+            ("w2", "worker"),
+            ("s1", "sender"),
+            ("s2", "sender"),
+        ]
+    }
+    studies = [chest_phantom(tmp_path / f"study{k}", f"hosts{k}") for k in range(STUDIES)]
+    acknowledged: set[str] = set()
+    index: Index | None = None
+    try:
+        hosts["r1"].start()
+        time.sleep(1.0)  # the first receiver creates or migrates the schema
+        index = opened = Index(data, url=url, node_id="test")
+        for host in hosts.values():
+            if host.proc is None:
+                host.start()
+        for host in hosts.values():
+            wait_until(f"{host.node_id} to start", partial(host.ready, opened), 90)
+        r1, r2 = hosts["r1"], hosts["r2"]
+
+        # the same study at both receivers at once: stored once
+        both = [threading.Thread(target=lambda p=p: acknowledged.update(store(p, studies[0])))
+                for p in (r1.port, r2.port)]  # fmt: skip
+        for t in both:
+            t.start()
+        for t in both:
+            t.join()
+
+        # a receiver killed in the middle of an association; the modality sends it again
+        def kill_r1(count: int) -> None:
+            if count == 10:
+                r1.kill()
+
+        if STUDIES > 1:
+            acknowledged.update(store(r1.port, studies[1], on_ack=kill_r1))
+            acknowledged.update(store(r2.port, studies[1]))
+            r1.start()
+            wait_until("r1 to restart", lambda: r1.ready(index), 60)
+        for k in range(2, STUDIES):
+            acknowledged.update(store((r1, r2)[k % 2].port, studies[k]))
+
+        # a worker killed (-9) in the middle of an analysis, then started again
+        victim = wait_until("a worker to analyse", lambda: running_job(index, {"w1", "w2"}), 120)
+        hosts[victim].kill()
+        other = hosts["w2" if victim == "w1" else "w1"]
+
+        # a late instance for a series another process is analysing (or has queued)
+        late_series = str(pydicom.dcmread(studies[0][0], stop_before_pixels=True).SeriesInstanceUID)
+        acknowledged.update(store(r2.port, [late_slice(studies[0], tmp_path)]))
+        hosts[victim].start()
+
+        # the other worker stopped past its lease while it holds a job, then resumed
+        wait_until(
+            "the other worker to hold a job", lambda: running_job(index, {other.node_id}), 120
+        )
+        other.pause()
+        time.sleep(LEASE + 2.0)
+        other.resume()
+
+        if pg is not None:  # the database goes away for a moment
+            pg.restart(down_for=1.0)
+
+        # the senders holding deliveries killed (-9) while the PACS holds an answer back
+        def sending() -> list[str]:
+            if not pacs.storing.is_set():
+                return []
+            rows = index.query("SELECT DISTINCT owner FROM outbox WHERE state = 'PENDING'")
+            return [r["owner"] for r in rows if r["owner"] in ("s1", "s2")]
+
+        for name in wait_until("a delivery to wait for its answer", sending, 180):
+            hosts[name].kill()
+        time.sleep(LEASE / 2)
+        for name in ("s1", "s2"):
+            if not hosts[name].running():
+                hosts[name].start()
+
+        def settled() -> bool:
+            series = index.query("SELECT state FROM series")
+            jobs = index.query("SELECT state FROM jobs WHERE state IN ('queued', 'running')")
+            pending = index.query("SELECT id FROM outbox WHERE state != 'DONE'")
+            return (
+                len(series) == STUDIES
+                and all(s["state"] in FINAL for s in series)
+                and not (jobs or pending)
+            )
+
+        wait_until("every series to reach a final state", settled, 300)
+
+        # every acknowledged instance has its row and its file
+        rows = {r["sop_instance_uid"]: r["path"] for r in index.query(
+            "SELECT sop_instance_uid, path FROM instances")}  # fmt: skip
+        assert acknowledged <= set(rows)
+        assert all((data / "store" / rows[uid]).is_file() for uid in acknowledged)
+        counts = index.query("SELECT series_uid, instance_count FROM series")
+        for row in counts:
+            n = index.query(
+                "SELECT COUNT(*) AS n FROM instances WHERE series_uid = ?", (row["series_uid"],)
+            )[0]["n"]
+            assert row["instance_count"] == n  # the instances both receivers got count once
+        late = index.query("SELECT instance_count FROM series WHERE series_uid = ?", (late_series,))
+        assert late[0]["instance_count"] == len(studies[0]) + 1
+
+        # every series final (reported ones sent), no claim outlives its lease
+        states = [s["state"] for s in index.query("SELECT state FROM series")]
+        assert states == ["SENT"] * STUDIES, states
+        assert not index.query("SELECT id FROM jobs WHERE owner IS NOT NULL")
+
+        # the stopped worker gave its job up (at its next stage) or had its result refused
+        assert "late result refused" in other.log_text() or "job queued again" in other.log_text()
+        # the object whose answer a killed sender never read was sent again: a duplicate
+        assert 0x0111 in pacs.answered
+
+        # the PACS holds exactly what the index recorded for delivery, one report per revision
+        delivered = {r["sop_instance_uid"] for r in index.query(
+            "SELECT DISTINCT sop_instance_uid FROM outbox")}  # fmt: skip
+        assert set(pacs.received) == delivered
+        reported = index.query(
+            "SELECT series_uid, COUNT(*) AS n FROM results WHERE state = 'REPORTED' "
+            "GROUP BY series_uid"
+        )
+        srs = index.query(
+            "SELECT o.series_uid, COUNT(DISTINCT o.sop_instance_uid) AS n FROM outbox o "
+            "WHERE o.kind = 'sr' GROUP BY o.series_uid"
+        )
+        assert {r["series_uid"]: r["n"] for r in srs} == {r["series_uid"]: r["n"] for r in reported}
+        assert len(reported) == STUDIES
+
+        for host in hosts.values():
+            assert host.stop() == 0, host.log_text()[-3000:]
+        nodes = index.query("SELECT node_id, state FROM nodes ORDER BY node_id")
+        assert [(n["node_id"], n["state"]) for n in nodes] == [
+            (name, "stopped") for name in sorted(hosts)
+        ]
+    finally:
+        for host in hosts.values():
+            host.stop()
+        pacs.stop()
+        if index is not None:
+            index.close()
