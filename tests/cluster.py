@@ -87,7 +87,7 @@ class Host:
 
     def __init__(self, role: str, node_id: str, env: dict[str, str], logs: Path) -> None:
         self.role, self.node_id = role, node_id
-        self.port = free_port() if role == "receiver" else 0
+        self.port = free_port() if role in ("receiver", "all") else 0
         self.env = subprocess_env(
             **env,
             CTNODE_SCP__HOST="127.0.0.1",
@@ -168,14 +168,17 @@ def store(
         return acknowledged
     try:
         for path in files:
+            if not assoc.is_established:
+                break  # the receiver went away
             ds = pydicom.dcmread(path)
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except RuntimeError:  # aborted between the check and the send
+                break
             if status and status.Status == 0x0000:
                 acknowledged.append(str(ds.SOPInstanceUID))
                 if on_ack is not None:
                     on_ack(len(acknowledged))
-            if not assoc.is_established:
-                break
     finally:
         if assoc.is_established:
             assoc.release()

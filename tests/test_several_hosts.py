@@ -68,6 +68,31 @@ def running_job(index: Index, owners: set[str]) -> str | None:
     return held[0] if held else None
 
 
+def gave_up(worker: Host) -> bool:
+    """Whether a worker whose lease ran out noticed: it stopped at its next stage, or its
+    result was refused at commit."""
+    log = worker.log_text()
+    return "late result refused" in log or "job queued again" in log
+
+
+def kill_senders_mid_answer(hosts: dict[str, Host], pacs: RecordingPacs, index: Index) -> None:
+    """At the first delivery, kill (-9) the senders holding rows while the PACS holds its
+    answer back; start them again half a lease later."""
+
+    def sending() -> list[str]:
+        if not pacs.storing.is_set():
+            return []
+        rows = index.query("SELECT DISTINCT owner FROM outbox WHERE state = 'PENDING'")
+        return [r["owner"] for r in rows if r["owner"] in ("s1", "s2")]
+
+    victims = wait_until("a delivery to wait for its answer", sending, 240)
+    for name in victims:
+        hosts[name].kill()
+    time.sleep(LEASE / 2)
+    for name in victims:
+        hosts[name].start()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_receivers_workers_and_senders_survive_kills_and_restarts(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -125,6 +150,10 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         for host in hosts.values():
             wait_until(f"{host.node_id} to start", partial(host.ready, opened), 90)
         r1, r2 = hosts["r1"], hosts["r2"]
+        senders_killed = threading.Thread(
+            target=kill_senders_mid_answer, args=(hosts, pacs, opened)
+        )
+        senders_killed.start()
 
         # the same study at both receivers at once: stored once
         both = [threading.Thread(target=lambda p=p: acknowledged.update(store(p, studies[0])))
@@ -168,19 +197,8 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         if pg is not None:  # the database goes away for a moment
             pg.restart(down_for=1.0)
 
-        # the senders holding deliveries killed (-9) while the PACS holds an answer back
-        def sending() -> list[str]:
-            if not pacs.storing.is_set():
-                return []
-            rows = index.query("SELECT DISTINCT owner FROM outbox WHERE state = 'PENDING'")
-            return [r["owner"] for r in rows if r["owner"] in ("s1", "s2")]
-
-        for name in wait_until("a delivery to wait for its answer", sending, 180):
-            hosts[name].kill()
-        time.sleep(LEASE / 2)
-        for name in ("s1", "s2"):
-            if not hosts[name].running():
-                hosts[name].start()
+        senders_killed.join(240)
+        assert not senders_killed.is_alive()
 
         def settled() -> bool:
             series = index.query("SELECT state FROM series")
@@ -214,7 +232,7 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         assert not index.query("SELECT id FROM jobs WHERE owner IS NOT NULL")
 
         # the stopped worker gave its job up (at its next stage) or had its result refused
-        assert "late result refused" in other.log_text() or "job queued again" in other.log_text()
+        wait_until("the resumed worker to give up", partial(gave_up, other), 60)
         # the object whose answer a killed sender never read was sent again: a duplicate
         assert 0x0111 in pacs.answered
 

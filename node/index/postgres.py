@@ -110,6 +110,7 @@ class Pool:
             check=ConnectionPool.check_connection,  # a restarted server: stale ones are replaced
             open=False,
             name="ctnode-index",
+            timeout=10.0,  # a caller waits this long for a connection while the server is away
         )
         self.pool.open(wait=True, timeout=30.0)
         if migrate:
