@@ -8,7 +8,7 @@ APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-head
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test test-all lint tools ohif bench fuzz clean
+.PHONY: run test test-all lint tools ohif bench fuzz soak clean
 
 run: $(STAMP)
 	$(BIN)/ctnode serve $(ARGS)
@@ -25,6 +25,11 @@ lint: $(STAMP)
 # test, or CTNODE_FUZZ_EXAMPLES (some ten minutes on an idle machine).
 fuzz: $(STAMP)
 	CTNODE_FUZZ=1 $(BIN)/pytest tests/test_upper_layer_fuzz.py --timeout=0 $(PYTEST_ARGS)
+
+# The several-hosts scenario (PostgreSQL and SQLite, 2 receivers, 2 workers, 2 senders, kills
+# and restarts) with more studies than `make test` sends: CTNODE_SOAK_STUDIES (default 20).
+soak: $(STAMP) tools
+	CTNODE_SOAK_STUDIES=$${CTNODE_SOAK_STUDIES:-20} $(BIN)/pytest tests/test_several_hosts.py --timeout=0 $(PYTEST_ARGS)
 
 bench: $(STAMP) tools
 	$(BIN)/python benchmarks/ingest.py --bare

@@ -120,9 +120,13 @@ class Node:
         if settings.api.enabled and not receiver_only and self.plays("api"):
             check_exposure(settings.api.host, settings.api.token)
             checks = default_checks(settings, self.index, lambda: self.scp.running)
+            if not self.plays("receiver"):
+                del checks["scp"]  # the listener is another process's part
             checks["workers"] = self._workers_alive
             checks["analyzers"] = self._analyzer_faults
-            predictor = Predictor(settings, self.index, self.scp, len(self.workers))
+            # an API process alone waits for the workers of other processes
+            workers = len(self.workers) or int(role == "api")
+            predictor = Predictor(settings, self.index, self.scp, workers)
             context = ApiContext(
                 settings, self.index, checks, results, predictor, lambda: self.analyzers
             )

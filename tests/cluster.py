@@ -89,10 +89,12 @@ class Host:
         self.role, self.node_id = role, node_id
         self.port = free_port() if role in ("receiver", "all") else 0
         self.env = subprocess_env(
-            **env,
-            CTNODE_SCP__HOST="127.0.0.1",
-            CTNODE_SCP__PORT=str(self.port or free_port()),
-            CTNODE_API__ENABLED="false",
+            **{
+                "CTNODE_SCP__HOST": "127.0.0.1",
+                "CTNODE_SCP__PORT": str(self.port or free_port()),
+                "CTNODE_API__ENABLED": "false",
+                **env,
+            }
         )
         self.log = logs / f"{node_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None

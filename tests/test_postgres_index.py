@@ -6,6 +6,7 @@ server restart. The worker's own tests run here again over PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from node.assembler_tick import Assembly
 from node.index import Index
 from node.index.deliveries import Attempt, ResultObject, enqueue
 from node.index.schema import TABLES
+from node.recovery import recover
 from scp.sink import ReceivedInstance
 from scp.spool import Spool
 from scp.validation import Identity
@@ -297,4 +299,24 @@ def test_the_index_carries_on_after_a_server_restart(
     postgres.restart(down_for=0.5)
     index.record_many(instances[2:])  # the pool replaces its broken connections
     assert index.query("SELECT instance_count FROM series")[0]["instance_count"] == 4
+    index.close()
+
+
+def test_recovery_beside_other_receivers_keeps_young_unindexed_files(tmp_path: Path) -> None:
+    """A file without a row may be another receiver's instance between its rename and its
+    commit: with ``orphan_age`` only older ones (and older temp files) are removed."""
+    spool, index = Spool(tmp_path), Index(tmp_path, node_id="receiver-b")
+    spool.write_atomic("s/young.dcm", [b"being indexed by receiver-a"])
+    spool.write_atomic("s/old.dcm", [b"never acknowledged"])
+    (spool.tmp_dir / "young.part").write_bytes(b"receiving")
+    (spool.tmp_dir / "old.part").write_bytes(b"interrupted")
+    an_hour_ago = time.time() - 3600
+    for old in (spool.path("s/old.dcm"), spool.tmp_dir / "old.part"):
+        os.utime(old, (an_hour_ago, an_hour_ago))
+
+    report = recover(index, spool, orphan_age=600.0)
+
+    assert (report.temp_files_removed, report.orphans_removed) == (1, 1)
+    assert sorted(spool.stored()) == ["s/young.dcm"]
+    assert [p.name for p in spool.tmp_dir.iterdir()] == ["young.part"]
     index.close()

@@ -1,7 +1,7 @@
 """Black box: the node as several processes, as on several hosts, with real parts: a real
 PostgreSQL server (or, the same scenario, SQLite shared by the processes of one host), real
-``ctnode serve`` processes (2 receivers, 2 workers, 2 senders), a pynetdicom PACS that records
-every C-STORE and answers 0x0111 to a duplicate, small synthetic chest CTs.
+``ctnode serve`` processes (2 receivers, 2 workers, 2 senders, an API), a pynetdicom PACS
+that records every C-STORE and answers 0x0111 to a duplicate, small synthetic chest CTs.
 
 On the way: the same study arrives at both receivers at once; a receiver is killed (-9) in the
 middle of an association and the modality sends the study again to the other one; a worker is
@@ -10,7 +10,8 @@ lease and resumed; an instance arrives late for a series another process analyse
 is killed (-9) while the PACS holds its answer back; PostgreSQL restarts mid-run. Afterwards:
 every acknowledged instance has its file and row, every series a final state, no job is
 claimed, and the PACS holds exactly the SR and SC SOP Instance UIDs the index recorded for
-delivery, one report per reported revision. ``CTNODE_SOAK_STUDIES`` (``make soak``) sends more
+delivery, one report per reported revision; ``ctnode status`` and ``/metrics`` show every
+process with its role and heartbeat. ``CTNODE_SOAK_STUDIES`` (``make soak``) sends more
 studies.
 """
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -29,6 +32,8 @@ import pytest
 
 from node.index import Index
 from tests.cluster import Host, RecordingPacs, store, wait_until
+from tests.conftest import ctnode_command, subprocess_env
+from tests.node_process import free_port
 from tests.phantoms import chest_phantom
 from tests.postgres_server import PostgresServer
 
@@ -137,6 +142,9 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
             ("s2", "sender"),
         ]
     }
+    api_port = free_port()
+    api_env = {**env, "CTNODE_API__ENABLED": "true", "CTNODE_API__PORT": str(api_port)}
+    hosts["a1"] = Host("api", "a1", api_env, logs)
     studies = [chest_phantom(tmp_path / f"study{k}", f"hosts{k}") for k in range(STUDIES)]
     acknowledged: set[str] = set()
     index: Index | None = None
@@ -251,10 +259,31 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         assert {r["series_uid"]: r["n"] for r in srs} == {r["series_uid"]: r["n"] for r in reported}
         assert len(reported) == STUDIES
 
+        # ctnode status and /metrics show every process: role, heartbeat, claims
+        status = subprocess.run(
+            ctnode_command("status", "--json"), env=subprocess_env(**env), capture_output=True,
+            text=True, timeout=60, check=True,
+        )  # fmt: skip
+        nodes = {n["node_id"]: n for n in json.loads(status.stdout)["nodes"]}
+        assert {k: n["role"] for k, n in nodes.items()} == {k: h.role for k, h in hosts.items()}
+        assert all(n["state"] == "running" and n["heartbeat_age"] < LEASE for n in nodes.values())
+        text = subprocess.run(
+            ctnode_command("status"), env=subprocess_env(**env), capture_output=True, text=True,
+            timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert "NODE" in text and "HEARTBEAT" in text and "w1  worker" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=30) as r:
+            metrics = r.read().decode()
+        for name, host in hosts.items():
+            assert f'ctnode_node_heartbeat_age_seconds{{node_id="{name}",role="{host.role}"' in (
+                metrics
+            )
+        assert 'ctnode_jobs{state="done"}' in metrics
+
         for host in hosts.values():
             assert host.stop() == 0, host.log_text()[-3000:]
-        nodes = index.query("SELECT node_id, state FROM nodes ORDER BY node_id")
-        assert [(n["node_id"], n["state"]) for n in nodes] == [
+        stopped = index.query("SELECT node_id, state FROM nodes ORDER BY node_id")
+        assert [(n["node_id"], n["state"]) for n in stopped] == [
             (name, "stopped") for name in sorted(hosts)
         ]
     finally:
