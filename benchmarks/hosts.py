@@ -7,8 +7,9 @@ by a receiving process with no workers, so that only analysis is timed. Then the
 start (``ctnode serve --role worker``, N processes over PostgreSQL; or ``ctnode serve`` with
 its defaults over SQLite), and the clock runs from the moment the last of them registered to
 the moment every series has its result. Studies per minute = studies / that time; the
-ratio is against the embedded default. PostgreSQL is a throwaway server from Debian's
-package (``tests/postgres_server.py``).
+ratio is against the embedded default; s/job is the mean of the jobs' own timings (load,
+analyse, report), which shows whether more processes made each job slower (cores shared).
+PostgreSQL is a throwaway server from Debian's package (``tests/postgres_server.py``).
 
     python benchmarks/hosts.py [--studies 12] [--workers 1 2 4]
 """
@@ -79,7 +80,15 @@ def run_case(studies: list[list[Path]], workers: int, url: str, folder: Path) ->
         wait_until("every series analysed", partial(_finished, opened), 1800)
         seconds = time.perf_counter() - started
         reported = opened.query("SELECT COUNT(*) AS n FROM series WHERE state = 'REPORTED'")
-        return {"seconds": seconds, "reported": float(reported[0]["n"])}
+        totals = [
+            float(json.loads(r["timings_json"])["total"])
+            for r in opened.query("SELECT timings_json FROM results")
+        ]
+        return {
+            "seconds": seconds,
+            "reported": float(reported[0]["n"]),
+            "job_seconds": sum(totals) / max(1, len(totals)),
+        }
     finally:
         for host in [receiver, *hosts]:
             host.stop()
@@ -130,11 +139,14 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     reference = rows[0][1]["seconds"]
     print(f"{args.studies} studies (40 slices of 96 x 96 each), quantitative analysis only")
-    print(f"{'case':<42} {'seconds':>8} {'studies/min':>12} {'ratio':>6}")
+    print(f"{'case':<42} {'seconds':>8} {'studies/min':>12} {'ratio':>6} {'s/job':>6}")
     for name, row in rows:
         per_minute = args.studies / row["seconds"] * 60
         ratio = reference / row["seconds"]
-        print(f"{name:<42} {row['seconds']:>8.1f} {per_minute:>12.1f} {ratio:>6.2f}")
+        print(
+            f"{name:<42} {row['seconds']:>8.1f} {per_minute:>12.1f} {ratio:>6.2f} "
+            f"{row['job_seconds']:>6.2f}"
+        )
     print(json.dumps({name: row for name, row in rows}))
 
 

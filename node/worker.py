@@ -137,7 +137,8 @@ class Worker:
         )
         files = tuple(self.store_root / path for path in self.index.study_files(job))
         staging = self.results_root / ".staging" / f"{job.id}-{job.claim}"
-        shutil.rmtree(staging, ignore_errors=True)
+        for earlier in staging.parent.glob(f"{job.id}-*"):
+            shutil.rmtree(earlier, ignore_errors=True)  # left by a claim that died or lapsed
         staging.mkdir(parents=True)
         started = time.perf_counter()
         try:

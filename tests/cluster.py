@@ -98,8 +98,18 @@ class Host:
         )
         self.log = logs / f"{node_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
+        self._lock = threading.Lock()
 
     def start(self) -> Host:
+        """Start the process (nothing to do while it runs: two test threads may race)."""
+        with self._lock:
+            if self.running():
+                return self
+            self._start()
+        return self
+
+    def _start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 ctnode_command("serve", "--role", self.role, "--node-id", self.node_id),
@@ -107,7 +117,6 @@ class Host:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        return self
 
     def ready(self, index: Index) -> bool:
         """Registered under its id with this process's pid (and listening, a receiver)."""
@@ -129,16 +138,20 @@ class Host:
 
     def kill(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        with self._lock:
+            self.proc.send_signal(signal.SIGKILL)  # nothing if it is already reaped
+            self.proc.wait()
+            self.paused = False
 
     def pause(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

@@ -5,9 +5,10 @@ that records every C-STORE and answers 0x0111 to a duplicate, small synthetic ch
 
 On the way: the same study arrives at both receivers at once; a receiver is killed (-9) in the
 middle of an association and the modality sends the study again to the other one; a worker is
-killed (-9) while it analyses and started again; another worker is stopped (SIGSTOP) past its
-lease and resumed; an instance arrives late for a series another process analyses; a sender
-is killed (-9) while the PACS holds its answer back; PostgreSQL restarts mid-run. Afterwards:
+killed (-9) while it analyses and started again; a worker is killed (-9) after writing its
+results and before committing them; another worker is stopped (SIGSTOP) past its lease while
+an instance arrives late for the series it analyses, and resumed; the senders are killed (-9)
+while the PACS holds an answer back; PostgreSQL restarts mid-run. Afterwards:
 every acknowledged instance has its file and row, every series a final state, no job is
 claimed, and the PACS holds exactly the SR and SC SOP Instance UIDs the index recorded for
 delivery, one report per reported revision; ``ctnode status`` and ``/metrics`` show every
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -65,6 +67,43 @@ def late_slice(files: list[Path], folder: Path) -> Path:
     path = folder / "late.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def held_job(index: Index, hosts: dict[str, Host]) -> tuple[Host, str] | None:
+    """A running job held by a worker that runs (not killed, not stopped): (it, its series)."""
+    rows = index.query("SELECT owner, series_uid FROM jobs WHERE state = 'running'")
+    for row in rows:
+        host = hosts.get(row["owner"] or "")
+        if host is not None and host.role == "worker" and host.running() and not host.paused:
+            return host, str(row["series_uid"])
+    return None
+
+
+def kill_a_worker_before_commit(
+    hosts: dict[str, Host], data: Path, index: Index, killed: list[str]
+) -> None:
+    """Kill (-9) the first worker seen with its result objects written (in its staging
+    folder, ``<job id>-<claim>``) and its job not yet committed; start it again a second
+    later."""
+    staging = data / "results" / ".staging"
+    deadline = time.monotonic() + 240
+    while not killed and time.monotonic() < deadline:
+        for folder in staging.glob("*-*") if staging.is_dir() else ():
+            if not any(folder.glob("*.dcm")):
+                continue
+            job_id, claim = folder.name.split("-")
+            rows = index.query(
+                "SELECT owner FROM jobs WHERE id = ? AND claims = ? AND state = 'running'",
+                (int(job_id), int(claim)),
+            )
+            host = hosts.get(rows[0]["owner"] or "") if rows else None
+            if host is not None and host.running() and not host.paused:
+                host.kill()
+                killed.append(host.node_id)
+                time.sleep(1.0)
+                host.start()
+                return
+        time.sleep(0.01)
 
 
 def running_job(index: Index, owners: set[str]) -> str | None:
@@ -146,6 +185,10 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
     api_env = {**env, "CTNODE_API__ENABLED": "true", "CTNODE_API__PORT": str(api_port)}
     hosts["a1"] = Host("api", "a1", api_env, logs)
     studies = [chest_phantom(tmp_path / f"study{k}", f"hosts{k}") for k in range(STUDIES)]
+    by_series = {
+        str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID): files
+        for files in studies
+    }
     acknowledged: set[str] = set()
     index: Index | None = None
     try:
@@ -162,6 +205,11 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
             target=kill_senders_mid_answer, args=(hosts, pacs, opened)
         )
         senders_killed.start()
+        killed_before_commit: list[str] = []
+        before_commit = threading.Thread(
+            target=kill_a_worker_before_commit, args=(hosts, data, opened, killed_before_commit)
+        )
+        before_commit.start()
 
         # the same study at both receivers at once: stored once
         both = [threading.Thread(target=lambda p=p: acknowledged.update(store(p, studies[0])))
@@ -184,23 +232,21 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         for k in range(2, STUDIES):
             acknowledged.update(store((r1, r2)[k % 2].port, studies[k]))
 
-        # a worker killed (-9) in the middle of an analysis, then started again
-        victim = wait_until("a worker to analyse", lambda: running_job(index, {"w1", "w2"}), 120)
+        # a worker killed (-9) in the middle of an analysis
+        victim = wait_until("a worker to analyse", partial(running_job, opened, {"w1", "w2"}), 120)
         hosts[victim].kill()
-        other = hosts["w2" if victim == "w1" else "w1"]
 
-        # a late instance for a series another process is analysing (or has queued)
-        late_series = str(pydicom.dcmread(studies[0][0], stop_before_pixels=True).SeriesInstanceUID)
-        acknowledged.update(store(r2.port, [late_slice(studies[0], tmp_path)]))
-        hosts[victim].start()
-
-        # the other worker stopped past its lease while it holds a job, then resumed
-        wait_until(
-            "the other worker to hold a job", lambda: running_job(index, {other.node_id}), 120
+        # a late instance for a series another worker is analysing, and that worker stopped
+        # past its lease while it holds the job, then resumed
+        holder, late_series = wait_until(
+            "a live worker to analyse", partial(held_job, opened, hosts), 120
         )
-        other.pause()
+        holder.pause()
+        late_files = by_series[late_series]
+        acknowledged.update(store(r2.port, [late_slice(late_files, tmp_path)]))
         time.sleep(LEASE + 2.0)
-        other.resume()
+        holder.resume()
+        hosts[victim].start()
 
         if pg is not None:  # the database goes away for a moment
             pg.restart(down_for=1.0)
@@ -232,7 +278,7 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
             )[0]["n"]
             assert row["instance_count"] == n  # the instances both receivers got count once
         late = index.query("SELECT instance_count FROM series WHERE series_uid = ?", (late_series,))
-        assert late[0]["instance_count"] == len(studies[0]) + 1
+        assert late[0]["instance_count"] == len(late_files) + 1
 
         # every series final (reported ones sent), no claim outlives its lease
         states = [s["state"] for s in index.query("SELECT state FROM series")]
@@ -240,7 +286,10 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         assert not index.query("SELECT id FROM jobs WHERE owner IS NOT NULL")
 
         # the stopped worker gave its job up (at its next stage) or had its result refused
-        wait_until("the resumed worker to give up", partial(gave_up, other), 60)
+        wait_until("the resumed worker to give up", partial(gave_up, holder), 60)
+        # a worker killed after writing its results, before committing them
+        before_commit.join(60)
+        assert killed_before_commit, "no worker was caught between its results and its commit"
         # the object whose answer a killed sender never read was sent again: a duplicate
         assert 0x0111 in pacs.answered
 
@@ -271,13 +320,12 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
             ctnode_command("status"), env=subprocess_env(**env), capture_output=True, text=True,
             timeout=60, check=True,
         ).stdout  # fmt: skip
-        assert "NODE" in text and "HEARTBEAT" in text and "w1  worker" in text
+        assert "HEARTBEAT" in text and re.search(r"^w1 +worker +\S+ +running +\d+s ago", text, re.M)
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=30) as r:
             metrics = r.read().decode()
         for name, host in hosts.items():
-            assert f'ctnode_node_heartbeat_age_seconds{{node_id="{name}",role="{host.role}"' in (
-                metrics
-            )
+            labels = f'host="[^"]+",node_id="{name}",role="{host.role}"'
+            assert re.search(rf"^ctnode_node_heartbeat_age_seconds\{{{labels}\}} \d", metrics, re.M)
         assert 'ctnode_jobs{state="done"}' in metrics
 
         for host in hosts.values():
