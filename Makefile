@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs postgresql
+APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs openssl postgresql
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 

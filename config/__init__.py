@@ -4,6 +4,7 @@ software version (``config.__version__``).
 
 from config.settings import (
     AllowedCaller,
+    AnomalySettings,
     ApiTLSSettings,
     AssemblySettings,
     ConfigError,
@@ -27,6 +28,7 @@ from config.version import __version__
 
 __all__ = [
     "AllowedCaller",
+    "AnomalySettings",
     "ApiTLSSettings",
     "AssemblySettings",
     "ConfigError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -323,6 +324,37 @@ class IntakeSettings:
 
 
 @dataclass(frozen=True)
+class AnomalySettings:
+    """The diffusion anomaly detector (``inference.anomaly``): which procedure runs, on which
+    lung slices.
+
+    ``mode``: ``full`` runs the model card's procedure (about 1,500 network evaluations per
+    slice) and only on a GPU: without one the detector does not run and every output says
+    why; ``reduced`` runs anywhere with ``reduced_steps`` respaced timesteps and at most
+    ``reduced_max_slices`` slices, and every output says it is reduced; ``off`` never runs.
+    ``slices``: ``stride`` takes every ``slice_stride``-th axial slice inside the lungs,
+    ``flagged`` the lung slices where the quantitative analysis drew an overlay (emphysema,
+    ground glass, consolidation), most covered first; at most ``max_slices`` either way,
+    in batches of ``batch_size`` on the device.
+    """
+
+    mode: Literal["full", "reduced", "off"] = "full"
+    slices: Literal["stride", "flagged"] = "stride"
+    slice_stride: int = 4
+    max_slices: int = 64
+    batch_size: int = 8
+    reduced_steps: int = 20
+    reduced_max_slices: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("slice_stride", "max_slices", "batch_size", "reduced_max_slices"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"neural.anomaly.{key} must be at least 1")
+        if self.reduced_steps < 4:
+            raise ValueError("neural.anomaly.reduced_steps must be at least 4")
+
+
+@dataclass(frozen=True)
 class NeuralSettings:
     """Neural analyzers (CT-CLIP): where verified weights live and how inference runs.
 
@@ -332,7 +364,9 @@ class NeuralSettings:
     are off by default: on generated weights of the published shape bf16 moved a
     probability by up to 0.09 (2.7 % of the tokens pick another codebook row), beyond the
     1e-2 we accept, so a site turns it on only after ``benchmarks/ctclip.py`` shows its
-    weights stay within that.
+    weights stay within that. ``device`` places fVLM (``auto``: CUDA when present);
+    ``organs_fast`` runs TotalSegmentator's 3 mm model for fVLM's organ masks instead of the
+    full 1.5 mm models fVLM was trained on.
     """
 
     weights_dir: str = "weights"
@@ -340,10 +374,19 @@ class NeuralSettings:
     bf16_autocast: bool = False
     cpu_bf16: bool = False
     models: tuple[str, ...] = ()
+    # fVLM: its device ("auto": CUDA when present) and TotalSegmentator's mode for its organ
+    # masks (fast: the 3 mm model; full, the default: the five 1.5 mm models fVLM was trained on).
+    device: str = "auto"
+    organs_fast: bool = False
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
 
     def __post_init__(self) -> None:
         if self.cpu_threads < 1:
             raise ValueError(f"neural.cpu_threads must be at least 1, not {self.cpu_threads}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(
+                f"neural.device must be auto, cpu, cuda or cuda:N, not {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)

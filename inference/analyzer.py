@@ -75,6 +75,12 @@ class Analyzer(Protocol[Needs]):
     def analyze(self, needs: Needs, /) -> AnalyzerResult: ...
 
 
+class NotRunHere(ValueError):
+    """An analyzer that, as configured, does not run on this machine (e.g. a procedure
+    that needs a GPU where there is none): not a fault of its weights; the message says why
+    and every output of the node repeats it."""
+
+
 Loader = Callable[[Path, "ModelEntry", "NeuralSettings"], "Analyzer[Any]"]
 
 

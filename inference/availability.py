@@ -23,6 +23,9 @@ from inference.weights_store import ModelEntry, WeightsError, read_manifest, sta
 NEURAL = ("ctclip", "ctclip-supervised", "diffusion-anomaly", "fvlm", "mednext", "fusion")
 # Neural analyzers the node runs when their weights verify (``inference.ensemble.build``).
 WIRED = frozenset(BY_NAME)
+# Weights the store holds for another analyzer's use, not analyzers of the ensemble:
+# TotalSegmentator's, which make fVLM's organ masks (``inference.fvlm.organs``).
+HELPERS = ("totalsegmentator",)
 
 
 @dataclass(frozen=True)

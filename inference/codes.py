@@ -70,6 +70,7 @@ OVERALL = _own("CTN-0100", "Overall pathology assessment")
 OVERALL_RESULT = _own("CTN-0101", "Overall result")
 FINDING_RESULT = _own("CTN-0102", "Finding result")
 NOT_RUN = _own("CTN-0103", "Analyzer not run")
+ANOMALY = _own("CTN-0400", "Departure from a healthy reconstruction")
 
 # Measurement concepts (values with UCUM units).
 VOLUME = _sct("118565006", "Volume")
@@ -87,6 +88,7 @@ CONSOLIDATION_VOLUME = _own("CTN-0206", "Consolidation range volume")
 CONSOLIDATION_PERCENT = _own("CTN-0207", "Consolidation range percentage")
 OPACITY_PERCENT = _own("CTN-0208", "Percentage of opacity")
 VESSEL_VOLUME = _own("CTN-0209", "Excluded vessel volume")
+ANOMALY_SCORE = _own("CTN-0401", "Anomaly map percentile")
 
 # Densitometry's measurement names (inference.quant.densitometry) -> concept and unit.
 MEASUREMENTS: dict[str, Entry] = {
@@ -106,6 +108,8 @@ MEASUREMENTS: dict[str, Entry] = {
     "Diameter": Entry(DIAMETER, "mm", "nodule candidate, longest"),
     "Volume": Entry(VOLUME, "mm3", "nodule candidate"),
     "Mean density": Entry(MEAN_ATTENUATION, "[hnsf'U]", "nodule candidate"),
+    "Anomalous volume": Entry(VOLUME, "mL", "diffusion anomaly map above the card's level"),
+    "Anomaly map percentile": Entry(ANOMALY_SCORE, "1", "diffusion anomaly, inside the lungs"),
 }
 
 # The 18 CT-RATE labels (DESIGN.md): SNOMED CT where one names the finding, else private.
@@ -178,7 +182,7 @@ def table() -> list[Entry]:
     rows: list[Entry] = [Entry(c) for c in (LUNG, LEFT, RIGHT, UPPER_ZONE, MIDDLE_ZONE)]
     rows += [Entry(c) for c in (LOWER_ZONE, PRESENT, ABSENT, CENTER, PROCEDURE_CT)]
     rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, OVERALL)]
-    rows += [Entry(c) for c in (OVERALL_RESULT, FINDING_RESULT, NOT_RUN)]
+    rows += [Entry(c) for c in (OVERALL_RESULT, FINDING_RESULT, NOT_RUN, ANOMALY)]
     rows += [Entry(PROBABILITY, "{probability}"), Entry(SCORE, "{score}")]
     rows += [Entry(THRESHOLD, "unit of the measure")]
     rows += list(MEASUREMENTS.values())

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inference.analyzer import Analyzer, Segmented
+from inference.analyzer import Analyzer, NotRunHere, Segmented
 from inference.availability import AnalyzerState, analyzer_states, chosen_entries
 from inference.ctclip import results as ctclip_results
 from inference.feature_schema import FeatureSchema, FeatureSet
@@ -175,12 +175,18 @@ def build(settings: Settings) -> Ensemble:
             # the torch boundary: a model's code (and torch) is imported only when its
             # weights are registered
             analyzer = spec.load(store, entries[state.name], settings.neural)
+        except NotRunHere as exc:
+            log.info("analyzer %s does not run here: %s", state.name, exc)
+            final.append(replace(state, enabled=False, reason=str(exc)))
+            continue
         except (ValueError, ImportError) as exc:
             log.error("analyzer %s cannot run: %s", state.name, exc)
             final.append(replace(state, enabled=False, reason=str(exc), fault=True))
             continue
         (segmented if spec.needs_masks else neural).append(analyzer)
-        final.append(state)
+        # how it runs, when it says (fVLM: where its organ masks come from)
+        detail = getattr(analyzer, "detail", "")
+        final.append(replace(state, reason=f"{state.reason}; {detail}") if detail else state)
     _share_encoders(neural)
     return Ensemble(tuple(neural), tuple(final), tuple(segmented))
 

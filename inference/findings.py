@@ -90,13 +90,30 @@ class Finding:
             raise ValueError(f"score of {self.label!r} must be in [0, 1], got {self.score}")
 
 
+@dataclass(frozen=True, eq=False)
+class SliceMap:
+    """A continuous map an analyzer computed on some axial slices (the diffusion anomaly
+    map): ``values`` (len(slices), y, x) on the volume's grid for the z indices ``slices``;
+    reporting draws it as a colour overlay whose full colour is ``scale``, with ``title``
+    and ``note`` (e.g. a reduced procedure) in its legend."""
+
+    title: str
+    slices: tuple[int, ...]
+    values: npt.NDArray[np.float32]
+    scale: float
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class AnalyzerResult:
     """Everything one analyzer produced for one volume, with its identity for TID 4019.
 
     ``features`` are the named numbers the trained fusion reads (``inference.feature_schema``),
     under the analyzer's feature-set version ``features_version``. ``masks`` are boolean
-    arrays on the volume's grid the analyzer derived (see ``Analysis.masks``).
+    arrays on the volume's grid the analyzer derived (see ``Analysis.masks``); ``maps``
+    continuous maps on some of its slices, drawn on key images (``SliceMap``). ``notes`` are
+    what a reader must know to read this result (e.g. fVLM scoring the lungs only), written
+    into every output beside it.
     """
 
     analyzer: str
@@ -109,6 +126,8 @@ class AnalyzerResult:
     masks: Mapping[str, npt.NDArray[np.bool_]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    maps: tuple[SliceMap, ...] = field(default=(), compare=False, repr=False)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,14 @@ the ensemble calls once per process.
 from __future__ import annotations
 
 from inference.analyzer import NeuralSpec
+from inference.anomaly import results as anomaly_results
 from inference.ctclip import results as ctclip_results
+from inference.fvlm import results as fvlm_results
 
-SPECS: tuple[NeuralSpec, ...] = (*ctclip_results.SPECS,)
+SPECS: tuple[NeuralSpec, ...] = (
+    *ctclip_results.SPECS,
+    *anomaly_results.SPECS,
+    *fvlm_results.SPECS,
+)
 BY_NAME: dict[str, NeuralSpec] = {s.name: s for s in SPECS}
 TITLES: dict[str, str] = {s.name: s.title for s in SPECS}

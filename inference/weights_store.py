@@ -43,6 +43,11 @@ class ModelEntry:
     architecture's hyperparameters when they are not the published ones (the form of
     ``shared/models/ctclip-tiny-reference/tiny_config.json``), and ``vocab``, the tokenizer's
     ``vocab.txt`` from which the prompt latents are computed once and cached.
+
+    A model made of two checkpoints (the diffusion anomaly detector: the diffusion UNet in
+    ``file``, its classifier in ``companion``) names the second with its own
+    ``companion_sha256`` and ``companion_size``, verified like ``file``; ``card`` is a JSON
+    model card in the store (how the model is applied: image size, window, thresholds).
     """
 
     name: str
@@ -55,14 +60,27 @@ class ModelEntry:
     analyzer: str
     architecture: str = ""
     vocab: str = ""
+    companion: str = ""
+    companion_sha256: str = ""
+    companion_size: int = 0
+    card: str = ""
 
 
 FIELDS = ("name", "version", "file", "sha256", "size", "licence", "source", "analyzer")
-OPTIONAL_FIELDS = ("architecture", "vocab")
+OPTIONAL_FIELDS = (
+    "architecture",
+    "vocab",
+    "companion",
+    "companion_sha256",
+    "companion_size",
+    "card",
+)
+SIDE_FILES = ("architecture", "vocab", "companion", "card")
 HEADER = (
     "# Model weights the analyzers load, verified by sha256 before use.\n"
     "# One [[models]] table per file: name, version, file, sha256, size, licence, source, "
-    "analyzer;\n# CT-CLIP checkpoints may add architecture (JSON) and vocab (vocab.txt).\n"
+    "analyzer;\n# CT-CLIP checkpoints may add architecture (JSON) and vocab (vocab.txt); a model\n"
+    "# of two checkpoints adds companion, companion_sha256, companion_size and a card (JSON).\n"
 )
 
 
@@ -82,12 +100,16 @@ def read_manifest(path: Path) -> list[ModelEntry]:
         if missing:
             raise WeightsError("bad-manifest", f"model #{i + 1} lacks {', '.join(missing)}")
         entry = ModelEntry(**{f: table[f] for f in FIELDS + OPTIONAL_FIELDS if f in table})
-        for key in ("file", *OPTIONAL_FIELDS):
+        for key in ("file", *SIDE_FILES):
             value = getattr(entry, key)
             if (key == "file" or value) and not _plain_name(value):
                 raise WeightsError("bad-manifest", f"{entry.name}: {key} must be a plain name")
-        if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
-            raise WeightsError("bad-manifest", f"{entry.name}: sha256 must be 64 lower-case hex")
+        hashes = [("sha256", entry.sha256)]
+        if entry.companion:
+            hashes.append(("companion_sha256", entry.companion_sha256))
+        for key, digest in hashes:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise WeightsError("bad-manifest", f"{entry.name}: {key} must be 64 lower-case hex")
         entries.append(entry)
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
@@ -130,17 +152,23 @@ def cached_sha256(path: Path) -> str:
 
 
 def status(store: Path, entry: ModelEntry) -> tuple[State, str]:
-    """``present``, ``missing`` or ``corrupt`` with a sentence saying why."""
-    path = store / entry.file
-    if not path.is_file():
-        return "missing", f"{entry.file} is not in {store}"
-    size = path.stat().st_size
-    if size != entry.size:
-        return "corrupt", f"{entry.file} has {size} bytes, the manifest says {entry.size}"
-    digest = cached_sha256(path)
-    if digest != entry.sha256:
-        return "corrupt", f"{entry.file} sha256 {digest[:12]}... != {entry.sha256[:12]}..."
-    return "present", f"{entry.file} verified"
+    """``present``, ``missing`` or ``corrupt`` with a sentence saying why (the entry's file,
+    then its companion checkpoint if it has one)."""
+    files = [(entry.file, entry.size, entry.sha256)]
+    if entry.companion:
+        files.append((entry.companion, entry.companion_size, entry.companion_sha256))
+    for name, expected_size, expected in files:
+        path = store / name
+        if not path.is_file():
+            return "missing", f"{name} is not in {store}"
+        size = path.stat().st_size
+        if size != expected_size:
+            return "corrupt", f"{name} has {size} bytes, the manifest says {expected_size}"
+        digest = cached_sha256(path)
+        if digest != expected:
+            return "corrupt", f"{name} sha256 {digest[:12]}... != {expected[:12]}..."
+    verified = " and ".join(name for name, _, _ in files)
+    return "present", f"{verified} verified"
 
 
 def find(entries: list[ModelEntry], name: str) -> ModelEntry:
@@ -264,14 +292,19 @@ def register(
     origin: str = "",
     architecture: Path | None = None,
     vocab: Path | None = None,
+    companion: Path | None = None,
+    card: Path | None = None,
 ) -> ModelEntry:
-    """Copy a weights file a site obtained into the store, with its ``architecture`` JSON
-    and tokenizer ``vocab`` when given, and add it to the manifest with its size and sha256:
-    for checkpoints whose provider publishes no hash we can ship."""
-    for path in (source, architecture, vocab):
+    """Copy a weights file a site obtained into the store, with its ``architecture`` JSON,
+    tokenizer ``vocab``, ``companion`` checkpoint and model ``card`` when given, and add it
+    to the manifest with its size and sha256 (and the companion's): for checkpoints whose
+    provider publishes no hash we can ship."""
+    for path in (source, architecture, vocab, companion, card):
         if path is not None and not path.is_file():
             raise WeightsError("no-file", f"{path} does not exist")
     side = [_copy_into(store, p, p.name).name if p else "" for p in (architecture, vocab)]
+    second = _copy_into(store, companion, companion.name) if companion else None
+    card_name = _copy_into(store, card, card.name).name if card else ""
     target = _copy_into(store, source, source.name)
     entry = ModelEntry(
         name,
@@ -282,7 +315,12 @@ def register(
         licence or "as obtained by this site; see the provider's terms",
         origin or "registered locally (ctnode weights register)",
         analyzer,
-        *side,
+        architecture=side[0],
+        vocab=side[1],
+        companion=second.name if second else "",
+        companion_sha256=cached_sha256(second) if second else "",
+        companion_size=second.stat().st_size if second else 0,
+        card=card_name,
     )
     update_manifest(store / "manifest.toml", (entry,))
     return entry

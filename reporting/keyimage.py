@@ -3,7 +3,8 @@
 Lung window W 1500 / L -600; lung contour green, emphysema blue, ground glass yellow,
 consolidation orange (vessels are not in the opacity overlays: ``densitometry.excluded``);
 nodule candidates circled with labels; a legend of the overlays shown; 50 mm scale bar;
-orientation letters from the volume's affine (DICOM LPS).
+orientation letters from the volume's affine (DICOM LPS). An analyzer's continuous map (the
+diffusion anomaly map) gets a key image of its own: a colour overlay with a colour bar.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from inference.findings import Analysis
+from inference.findings import Analysis, SliceMap
 from inference.volume import Volume
 
 WINDOW, LEVEL = 1500.0, -600.0
@@ -127,3 +128,72 @@ def _legend(draw: ImageDraw.ImageDraw, analysis: Analysis, z: int) -> None:
             (30, y), LEGEND.get(name, name.replace("_", " ")), font=small, fill=(255, 255, 255)
         )
         y += 22
+
+
+def _heat(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """0..1 -> a blue-to-red colour ramp (cool: barely departs, hot: far from healthy)."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    stops = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], np.float32)
+    position = v * (len(stops) - 1)
+    low = np.clip(np.floor(position).astype(int), 0, len(stops) - 2)
+    frac = position - low
+    mixed = stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac
+    return np.asarray(mixed, dtype=np.float32)
+
+
+def map_image(analysis: Analysis, volume: Volume, shown: SliceMap, z: int) -> npt.NDArray[np.uint8]:
+    """Slice ``z`` in lung window with ``shown`` (a continuous map, e.g. the diffusion anomaly
+    map) as a colour overlay inside the lungs, the lung contour, a colour bar with the map's
+    title and scale, and its note (a reduced procedure) in the image."""
+    hu = volume.voxels[z].astype(np.float32)
+    grey = np.clip((hu - (LEVEL - WINDOW / 2)) / WINDOW * 255.0, 0, 255)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    values = shown.values[shown.slices.index(z)] / shown.scale
+    lungs = [analysis.masks[k][z] for k in LUNG_MASKS if k in analysis.masks]
+    inside = np.logical_or.reduce(lungs) if lungs else np.ones(hu.shape, dtype=np.bool_)
+    alpha = (np.clip(values, 0.0, 1.0) * 0.7 * inside)[..., None]
+    rgb = rgb * (1 - alpha) + _heat(values) * alpha
+    for name in LUNG_MASKS:
+        if name in analysis.masks:
+            rgb[_edge(analysis.masks[name][z])] = CONTOUR
+    rows, cols = grey.shape
+    _, dy, dx = volume.spacing
+    scale = WIDTH / (cols * dx)
+    size = (WIDTH, max(1, round(rows * dy * scale)))
+    image = Image.fromarray(rgb.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (WIDTH, size[1] + 110), (0, 0, 0))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=18)
+    draw.text((10, 8), shown.title, font=font, fill=(255, 255, 255))
+    draw.text(
+        (size[0] - 200, 8), f"slice {z + 1}/{volume.shape[0]}", font=font, fill=(255, 255, 255)
+    )
+    ramp = _heat(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :].repeat(16, axis=0))
+    bar = Image.fromarray(ramp.astype(np.uint8)).resize((300, 16))
+    top = size[1] + 10
+    canvas.paste(bar, (10, top))
+    draw.text((10, top + 20), "0", font=font, fill=(255, 255, 255))
+    draw.text((250, top + 20), f"{shown.scale:.2g}+", font=font, fill=(255, 255, 255))
+    draw.text((330, top - 2), "lung contour", font=font, fill=CONTOUR)
+    draw.text(
+        (10, top + 44),
+        (shown.note or "card's full procedure") + "; not for primary diagnosis",
+        font=ImageFont.load_default(size=14),
+        fill=(255, 200, 0) if shown.note else (255, 255, 255),
+    )
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def map_slices(analysis: Analysis) -> list[tuple[SliceMap, int]]:
+    """The slice to show of every map: its analyzer's located finding's key slice, else the
+    slice where the map is highest."""
+    shown = []
+    for result in analysis.results:
+        keys = [f.key_slice for f in result.findings if f.key_slice is not None]
+        for m in result.maps:
+            z = next((k for k in keys if k in m.slices), None)
+            if z is None:
+                z = m.slices[int(np.argmax(m.values.reshape(len(m.slices), -1).max(axis=1)))]
+            shown.append((m, z))
+    return shown

@@ -72,6 +72,7 @@ def success(
                 "weights_sha256": list(r.weights_sha256),
                 "features_version": r.features_version,
                 "features": json_ready(r.features),
+                "notes": list(r.notes),
                 "findings": [
                     {
                         "label": f.label,

@@ -210,7 +210,8 @@ def lungs_line(analysis: Analysis) -> str:
 def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
     """One line per neural analyzer that ran: its labels at or above 0.5, most probable
     first, as many as fit in ``width`` characters (all 18 scores are in the SR and the
-    JSON; the page names what stands out)."""
+    JSON; the page names what stands out); then how it ran when not as its model card says
+    (a reduced procedure)."""
     lines = []
     for result in analysis.results:
         title = NEURAL_TITLES.get(result.analyzer)
@@ -220,9 +221,11 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             (f for f in result.findings if f.score is not None and f.score >= 0.5),
             key=lambda f: -(f.score or 0.0),
         )
-        line = f"{title} (not calibrated): "
+        caveat = f"{result.notes[0]}; " if result.notes else ""  # e.g. fVLM on the lungs only
+        notes = [f"{title}: {m.note}"[:width] for m in result.maps if m.note]
+        line = f"{title} ({caveat}not calibrated): "
         if not high:
-            lines.append(line + "no label at or above 0.50")
+            lines += [line + "no label at or above 0.50", *notes]
             continue
         items = [f"{f.label} {f.score:.2f}" for f in high]
         shown = 0
@@ -230,6 +233,7 @@ def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
             line += ("" if shown == 0 else ", ") + items[shown]
             shown += 1
         lines.append(line + (f" and {len(items) - shown} more" if shown < len(items) else ""))
+        lines += notes
     return lines
 
 

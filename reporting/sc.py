@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from inference.findings import Analysis
 from inference.volume import Volume
-from reporting.keyimage import key_image, key_slices
+from reporting.keyimage import key_image, key_slices, map_image, map_slices
 from reporting.render import lung_histogram, not_analysed_page, summary_page
 from reporting.sr import _with_type2_attributes, analyzer_versions
 from reporting.uids import output_uid
@@ -91,12 +91,18 @@ def build_summary_sc(
 def build_key_image_scs(
     analysis: Analysis, volume: Volume, sources: Sequence[Dataset]
 ) -> list[hd.sc.SCImage]:
-    """Key slices with overlays, one Secondary Capture each, in the summary's series."""
+    """Key slices with overlays, one Secondary Capture each, in the summary's series; then
+    one per continuous map an analyzer drew (the diffusion anomaly map), in colour."""
     ref = _with_type2_attributes(sources)[0]
-    return [
+    pages = [
         _sc(key_image(analysis, volume, z), ref, analysis, volume, f"sc-key-{z}", 2 + i)
         for i, z in enumerate(key_slices(analysis, volume))
     ]
+    for i, (shown, z) in enumerate(map_slices(analysis)):
+        kind = f"sc-map-{i}-{z}"
+        pixels = map_image(analysis, volume, shown, z)
+        pages.append(_sc(pixels, ref, analysis, volume, kind, 2 + len(pages)))
+    return pages
 
 
 def build_not_analysed_sc(

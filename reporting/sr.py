@@ -239,7 +239,8 @@ def _fusion_text(analysis: Analysis) -> str:
 def _qualitative(analysis: Analysis, drawn: set[str]) -> ContainerContentItem:
     """Presence of every finding (located ones once per analyzer and finding type), then
     the overall result, the scores of the findings no group holds (the neural networks',
-    a nodule search that found no candidate), and the analyzers that did not run."""
+    a nodule search that found no candidate), how an analyzer ran when not as its model
+    card says (a reduced procedure), and the analyzers that did not run."""
     evaluations: list[tuple[Code, bool]] = [(codes.OVERALL, analysis.fusion.pathology)]
     texts: list[tuple[Code, str]] = [(codes.OVERALL_RESULT, _fusion_text(analysis))]
     located: dict[tuple[str, Code], bool] = {}
@@ -266,6 +267,15 @@ def _qualitative(analysis: Analysis, drawn: set[str]) -> ContainerContentItem:
                 )
             )
     evaluations[1:1] = [(code, present) for (_, code), present in located.items()]
+    texts += [
+        (codes.FINDING_RESULT, f"{result.analyzer}: {shown.note}")
+        for result in analysis.results
+        for shown in result.maps
+        if shown.note
+    ]
+    texts += [
+        (codes.FINDING_RESULT, f"{r.analyzer}: {n}") for r in analysis.results for n in r.notes
+    ]
     texts += [(codes.NOT_RUN, f"{name}: {why}") for name, why in analysis.not_run]
     return tid.tid1500_qualitative_evaluations(evaluations, texts)
 

@@ -21,10 +21,14 @@ import logging
 import os
 import ssl
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from config import ConfigError
+from scp import pem, tls_native
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ def server_context(
         context.verify_mode = ssl.CERT_REQUIRED if require_client_certificate else ssl.CERT_OPTIONAL
     elif require_client_certificate:
         raise ConfigError(f"{section}.require_client_certificate needs ca_certificates")
+    tls_native.apply(context, section, ca_certificates)
     return context
 
 
@@ -85,6 +90,7 @@ def client_context(
         load_cas(context, ca_certificates, section)
     if certificate:
         load_chain(context, certificate, private_key or certificate, passphrase_file, section)
+        tls_native.apply(context, section)
     return context
 
 
@@ -100,7 +106,8 @@ def apply_profile(context: ssl.SSLContext, profile: str, min_version: str) -> No
 def load_chain(
     context: ssl.SSLContext, certificate: str, private_key: str, passphrase_file: str, section: str
 ) -> None:
-    """Load the certificate (and any intermediates after it in the file) and the key."""
+    """Load the certificate (and any intermediates after it in the file) and the key; a
+    root CA the file also holds is left out of the chain the node sends."""
     _readable(certificate, f"{section} certificate")
     _readable(private_key, f"{section} private_key")
     _warn_if_exposed(private_key, section)
@@ -109,7 +116,8 @@ def load_chain(
         _readable(passphrase_file, f"{section} private_key_passphrase_file")
         passphrase = Path(passphrase_file).read_bytes().rstrip(b"\r\n")
     try:
-        context.load_cert_chain(certificate, private_key, password=lambda: passphrase)
+        with _without_roots(certificate, section) as chain:
+            context.load_cert_chain(chain, private_key, password=lambda: passphrase)
     except ssl.SSLError as exc:
         what = "an unusable key or a key that does not match the certificate"
         if not passphrase and _encrypted(private_key):
@@ -120,6 +128,26 @@ def load_chain(
             f"{section}: cannot load certificate {certificate} with key {private_key}: "
             f"{what} ({exc.reason or exc})"
         ) from exc
+
+
+@contextmanager
+def _without_roots(certificate: str, section: str) -> Iterator[str]:
+    """``certificate``, or where it holds a self-issued CA after its first certificate, a
+    temporary copy without it: the peer has the root as its trust anchor already."""
+    blocks = pem.certificates(Path(certificate).read_bytes())
+    try:
+        roots = [b for b in blocks[1:] if pem.self_issued(b)]
+    except (ValueError, IndexError) as exc:
+        what = f"{section} certificate {certificate}"
+        raise ConfigError(f"{what}: a certificate in it cannot be read ({exc})") from exc
+    if not roots:
+        yield certificate
+        return
+    log.info("%s certificate %s holds its root CA: not sent to peers", section, certificate)
+    with tempfile.TemporaryDirectory(prefix="ctnode-chain-") as folder:
+        chain = Path(folder) / "chain.pem"
+        chain.write_bytes(b"\n".join(b for b in blocks if b not in roots) + b"\n")
+        yield str(chain)
 
 
 def load_cas(context: ssl.SSLContext, ca_certificates: str, section: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import re
 import socket
 import ssl
 import subprocess
@@ -22,6 +23,7 @@ from cli import echo as cli_echo
 from config import AllowedCaller
 from node.outbox import destinations_from
 from node.serve import Node
+from scp import pem, tls_native
 from scp import tls as tls_contexts
 from tests.test_scp_network import associate, make_settings
 
@@ -33,12 +35,8 @@ def tls_node(tmp_path: Path, tls_files: dict[str, Path]) -> Iterator[Any]:
     nodes: list[Node] = []
 
     def start(scp: dict[str, Any] | None = None, **tls: Any) -> Node:
-        settings = config.TLSSettings(
-            enabled=True,
-            certificate=str(tls_files["cert"]),
-            private_key=str(tls_files["key"]),
-            **tls,
-        )
+        files = {"certificate": str(tls_files["cert"]), "private_key": str(tls_files["key"])}
+        settings = config.TLSSettings(enabled=True, **{**files, **tls})
         node = Node(make_settings(tmp_path / f"node{len(nodes)}", tls=settings, **(scp or {})))
         node.start()
         nodes.append(node)
@@ -134,6 +132,61 @@ def test_a_refused_handshake_is_logged_with_the_peer_and_the_reason(
             time.sleep(0.05)
     assert "TLS handshake from 127.0.0.1 refused: TLS: UNSUPPORTED_PROTOCOL" in caplog.text
     assert "connection lost" not in caplog.text
+
+
+def s_client(port: int, ca: Path, version: str) -> str:
+    """What DCMTK's and most peers' TLS library sees of the node's handshake: ``openssl
+    s_client``'s report (the chain the node sent, the CA names it asked for)."""
+    done = subprocess.run(
+        [
+            *("openssl", "s_client", "-connect", f"127.0.0.1:{port}", f"-{version}"),
+            *("-CAfile", str(ca), "-showcerts", "-verify_return_error"),
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize("with_root", [False, True], ids=["leaf-only", "leaf-and-root"])
+def test_the_request_names_the_cas_and_the_chain_leaves_the_root_out(
+    tls_node: Any, tls_files: dict[str, Path], tmp_path: Path, with_root: bool
+) -> None:
+    certificate = tls_files["cert"]
+    if with_root:  # an operator's file that carries the root after the certificate
+        certificate = tmp_path / "cert_and_root.pem"
+        certificate.write_bytes(tls_files["cert"].read_bytes() + tls_files["ca"].read_bytes())
+    node = tls_node(certificate=str(certificate), ca_certificates=str(tls_files["ca"]))
+    for version in ("tls1_2", "tls1_3"):
+        report = s_client(node.scp.port, tls_files["ca"], version)
+        assert "Verify return code: 0 (ok)" in report, report
+        chain = re.findall(r"^ *(\d+) s:(.*)$", report, re.MULTILINE)
+        assert [subject for _, subject in chain] == ["CN = localhost"], report
+        names = report.split("Acceptable client certificate CA names", 1)
+        assert len(names) == 2, report
+        assert names[1].lstrip().startswith("CN = ctnode test ca"), report
+
+
+def test_the_sender_never_completes_its_chain_from_the_trust_store(
+    tls_files: dict[str, Path],
+) -> None:
+    context = tls_contexts.client_context(
+        ca_certificates=str(tls_files["ca"]),
+        certificate=str(tls_files["client"]),
+        private_key=str(tls_files["client_key"]),
+    )
+    pointer = tls_native._ssl_ctx(context)
+    mode = tls_native._libssl().SSL_CTX_ctrl(pointer, tls_native.SSL_CTRL_MODE, 0, None)
+    assert mode & tls_native.SSL_MODE_NO_AUTO_CHAIN
+
+
+def test_roots_are_told_from_issued_certificates(tls_files: dict[str, Path]) -> None:
+    assert pem.self_issued(tls_files["ca"].read_bytes())
+    assert not pem.self_issued(tls_files["cert"].read_bytes())
+    both = tls_files["cert"].read_bytes() + b"\n" + tls_files["ca"].read_bytes()
+    assert len(pem.certificates(both)) == 2
 
 
 def fingerprint(pem: Path) -> str:

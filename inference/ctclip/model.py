@@ -49,6 +49,8 @@ class BertConfig:
     type_vocab_size: int = 2
     pad_token_id: int = 0
     layer_norm_eps: float = 1e-12
+    # fVLM's BERT has neither a pooler nor token-type embeddings (type_vocab_size 0: none).
+    add_pooling_layer: bool = True
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,9 @@ class BertEmbeddings(nn.Module):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.token_type_embeddings = (
+            nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
+        )
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.register_buffer(
             "position_ids", torch.arange(cfg.max_position_embeddings)[None], persistent=False
@@ -347,11 +351,9 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         n = input_ids.shape[1]
         pos = self.position_ids[:, :n]
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(pos)
-            + self.token_type_embeddings(torch.zeros_like(input_ids))
-        )
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(torch.zeros_like(input_ids))
         return self.LayerNorm(x)  # type: ignore[no-any-return]
 
 
@@ -448,7 +450,7 @@ class BertModel(nn.Module):
         super().__init__()
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
-        self.pooler = BertPooler(cfg)
+        self.pooler = BertPooler(cfg) if cfg.add_pooling_layer else None
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         x = self.embeddings(input_ids)

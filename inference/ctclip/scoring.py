@@ -14,6 +14,7 @@ import re
 import threading
 import unicodedata
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,13 +72,13 @@ class WordPiece:
             start = end
         return ids
 
-    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """``input_ids`` and ``attention_mask`` (n, longest), padded with 0."""
+    def encode(self, texts: list[str], pad_to: int = 0) -> tuple[Tensor, Tensor]:
+        """``input_ids`` and ``attention_mask`` (n, longest or ``pad_to``), padded with 0."""
         seqs = [
             [self.cls, *[i for w in self.words(t) for i in self._pieces(w)], self.sep]
             for t in texts
         ]
-        n = max(len(s) for s in seqs)
+        n = max(pad_to, *(len(s) for s in seqs))
         ids = torch.zeros(len(seqs), n, dtype=torch.long)
         mask = torch.zeros(len(seqs), n, dtype=torch.long)
         for row, seq in enumerate(seqs):
@@ -93,21 +94,35 @@ def text_cache_path(weights: Path, sha256: str) -> Path:
 
 def text_latents(model: CTCLIP, weights: Path, sha256: str, vocab: Path | None) -> Tensor:
     """The (36, latent) prompt latents: cached, else computed (needs ``vocab``) and cached."""
+    return cached_text_latents(weights, sha256, vocab, prompts(), model.text_latents)
+
+
+def cached_text_latents(
+    weights: Path,
+    sha256: str,
+    vocab: Path | None,
+    texts: list[str],
+    encode: Callable[[Tensor, Tensor], Tensor],
+    pad_to: int = 0,
+) -> Tensor:
+    """The latents of the fixed prompts ``texts`` of a checkpoint: from the cache beside it,
+    else computed once with ``encode(input_ids, attention_mask)`` (needs the tokenizer's
+    ``vocab``; ids padded to ``pad_to``) and cached, so a site needs no tokenizer at run time."""
     cache = text_cache_path(weights, sha256)
     if cache.is_file():
         stored = torch.load(cache, map_location="cpu", weights_only=True)
-        if stored.get("sha256") == sha256 and stored.get("prompts") == prompts():
+        if stored.get("sha256") == sha256 and stored.get("prompts") == texts:
             return stored["latents"]  # type: ignore[no-any-return]
         log.warning("text latent cache %s does not match the checkpoint; recomputing", cache.name)
     if vocab is None or not vocab.is_file():
         raise FileNotFoundError(
             f"no cached prompt latents for {weights.name} and no tokenizer vocabulary"
         )
-    ids, mask = WordPiece(vocab).encode(prompts())
+    ids, mask = WordPiece(vocab).encode(texts, pad_to=pad_to)
     with torch.no_grad():
-        latents = model.text_latents(ids, mask).float().cpu()
+        latents = encode(ids, mask).float().cpu()
     try:
-        torch.save({"sha256": sha256, "prompts": prompts(), "latents": latents}, cache)
+        torch.save({"sha256": sha256, "prompts": texts, "latents": latents}, cache)
     except OSError as exc:  # a read-only store (an image): the latents still serve this run
         log.warning("cannot cache the prompt latents in %s: %s", cache.parent, exc)
     return latents
