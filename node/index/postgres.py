@@ -155,8 +155,9 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def apply_migrations(conn: psycopg.Connection[Row]) -> list[int]:
-    """Apply the migrations the database has not recorded, each in its own transaction with
-    its record; returns the versions applied. A database newer than this code is refused."""
+    """Apply the migrations the database has not recorded, with their records, in one
+    transaction (all or none); returns the versions applied. A database newer than this code
+    is refused."""
     applied: list[int] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
