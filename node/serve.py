@@ -83,6 +83,7 @@ class Node:
         self.receiver_only = receiver_only
         self.node_id = settings.cluster.node_id or default_node_id(role)
         self._stop_workers = threading.Event()
+        self._wake_workers = threading.Event()
         self._stop_heartbeat = threading.Event()
         root = settings.storage.root
         self.spool = Spool(root, fsync=settings.storage.fsync)
@@ -216,10 +217,12 @@ class Node:
         self._scheduler = scheduler
         if self.api is not None:
             self.api.start()
+        if self.workers:
+            self.index.listen_for_jobs(self._wake_workers, self._stop_workers)
         for number, worker in enumerate(self.workers):
             thread = threading.Thread(
                 target=run_forever,
-                args=(worker, self._stop_workers, self.settings.worker.poll),
+                args=(worker, self._stop_workers, self.settings.worker.poll, self._wake_workers),
                 name=f"worker-{number}",
                 daemon=True,  # a stage past the grace period must not hold the exit
             )
@@ -244,6 +247,7 @@ class Node:
         """Close the listener, let each worker finish the stage it is in (for up to
         ``worker.grace`` seconds), stop the ticks."""
         self._stop_workers.set()
+        self._wake_workers.set()
         self.scp.stop()
         if self.api is not None:
             self.api.stop()

@@ -228,14 +228,23 @@ class Worker:
         )
 
 
-def run_forever(worker: Worker, stop: threading.Event, poll: float = 1.0) -> None:
+def run_forever(
+    worker: Worker, stop: threading.Event, poll: float = 1.0, wake: threading.Event | None = None
+) -> None:
     """Work until ``stop`` is set; checked between jobs, and between a job's stages when the
-    worker was made with ``stopping=stop.is_set``."""
+    worker was made with ``stopping=stop.is_set``. An idle worker looks again after ``poll``
+    seconds, or as soon as ``wake`` is set (a job was queued: PostgreSQL's NOTIFY; whoever
+    sets ``stop`` sets ``wake`` too)."""
     while not stop.is_set():
         try:
             busy = worker.run_once()
         except Exception:
             log.exception("worker error; continuing")
             busy = False
-        if not busy:
+        if busy:
+            continue
+        if wake is None:
             stop.wait(poll)
+        else:
+            wake.wait(poll)
+            wake.clear()

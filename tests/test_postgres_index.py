@@ -19,12 +19,14 @@ from node.index import Index
 from node.index.deliveries import Attempt, ResultObject, enqueue
 from node.index.schema import TABLES
 from node.recovery import recover
+from node.worker import Worker, run_forever
 from scp.sink import ReceivedInstance
 from scp.spool import Spool
 from scp.validation import Identity
 from tests.factory import ct_series
 from tests.postgres_server import PostgresServer
 from tests.test_worker import (  # the worker's tests, collected again over PostgreSQL
+    SummaryPipeline,
     receive,
     test_a_changed_series_is_reported_again_naming_the_old_report,
     test_a_job_waits_while_its_study_still_receives_and_sees_the_whole_study,
@@ -320,3 +322,28 @@ def test_recovery_beside_other_receivers_keeps_young_unindexed_files(tmp_path: P
     assert sorted(spool.stored()) == ["s/young.dcm"]
     assert [p.name for p in spool.tmp_dir.iterdir()] == ["young.part"]
     index.close()
+
+
+def test_a_queued_job_wakes_an_idle_worker_at_once(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL's NOTIFY, sent with the job, wakes a worker waiting out a minute's poll."""
+    index, spool = Index(tmp_path, url=pg_url), Spool(tmp_path)
+    worker = Worker(index, spool.store_dir, tmp_path / "results", SummaryPipeline(), lambda _: [])
+    stop, wake = threading.Event(), threading.Event()
+    index.listen_for_jobs(wake, stop)
+    thread = threading.Thread(target=run_forever, args=(worker, stop, 60.0, wake))
+    thread.start()
+    try:
+        time.sleep(1.5)  # the worker found nothing and waits for its next poll
+        series = receive(index, spool, "wake")
+        queued = time.monotonic()
+        index.mark_stable(series, 3)
+        deadline = queued + 10.0
+        while not index.query("SELECT 1 FROM results") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert index.query("SELECT state FROM series")[0]["state"] == "REPORTED"
+        assert time.monotonic() - queued < 10.0
+    finally:
+        stop.set()
+        wake.set()
+        thread.join(10)
+        index.close()

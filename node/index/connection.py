@@ -58,22 +58,26 @@ class Dialect:
     decide an update (SQLite's ``BEGIN IMMEDIATE`` already serialises writers), ``skip_locked``
     lets concurrent claims pass each other, ``epoch`` is the database's clock in seconds (one
     clock for every host's leases), ``key_lock`` (a statement with one parameter, or empty)
-    serialises the transactions that write the same series until they commit."""
+    serialises the transactions that write the same series until they commit, ``notify``
+    (or empty) tells listening workers, at commit, that a job was queued."""
 
     name: str
     lock: str
     skip_locked: str
     epoch: str
     key_lock: str
+    notify: str
 
 
-SQLITE = Dialect("sqlite", "", "", "((julianday('now') - 2440587.5) * 86400.0)", "")
+JOBS_CHANNEL = "ctnode_jobs"
+SQLITE = Dialect("sqlite", "", "", "((julianday('now') - 2440587.5) * 86400.0)", "", "")
 POSTGRES = Dialect(
     "postgresql",
     " FOR UPDATE",
     " FOR UPDATE SKIP LOCKED",
     "EXTRACT(EPOCH FROM clock_timestamp())",
     "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+    f"NOTIFY {JOBS_CHANNEL}",
 )
 
 
@@ -176,6 +180,19 @@ class Connection:
             return self.pool.query(sql, params)
         with self._reader_lock:
             return [dict(row) for row in self._reader.execute(sql, params).fetchall()]
+
+    def listen_for_jobs(self, wake: threading.Event, stop: threading.Event) -> None:
+        """Set ``wake`` whenever a job is queued, until ``stop`` is set: a thread listening
+        on PostgreSQL (LISTEN/NOTIFY), so idle workers need not wait for their next poll.
+        Nothing on SQLite (one host: its workers poll)."""
+        if self.pool is None:
+            return
+        threading.Thread(
+            target=self.pool.listen,
+            args=(JOBS_CHANNEL, wake, stop),
+            name="jobs-listener",
+            daemon=True,
+        ).start()
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:

@@ -63,6 +63,8 @@ class JobQueries(Connection):
                 "FROM series WHERE series_uid = ? RETURNING id",
                 (now, now, int(deliver), series_uid),
             ).fetchone()
+            if self.dialect.notify:
+                conn.execute(self.dialect.notify)  # delivered to listening workers at commit
             return int(row[0])
 
     def set_delivery(self, series_uid: str, deliver: bool) -> None:

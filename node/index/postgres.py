@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -102,6 +103,7 @@ class Pool:
     """A pool of connections to one database; ``transaction`` lends one for a transaction."""
 
     def __init__(self, url: str, size: int, *, migrate: bool = True) -> None:
+        self.url = url
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
@@ -129,6 +131,21 @@ class Pool:
         with self.pool.connection() as conn:
             rows = conn.execute(translate(sql), tuple(params)).fetchall()
             return [dict(zip(row.keys(), row, strict=True)) for row in rows]
+
+    def listen(self, channel: str, wake: threading.Event, stop: threading.Event) -> None:
+        """Set ``wake`` at every notification on ``channel`` until ``stop`` is set, on a
+        connection of its own (reconnecting after the server went away)."""
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {channel}")
+                    wake.set()  # anything queued while not listening
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            wake.set()
+            except psycopg.OperationalError as exc:
+                log.warning("listening for queued jobs failed (%s); polling meanwhile", exc)
+                stop.wait(5.0)
 
     @contextmanager
     def try_lock(self, key: int) -> Iterator[bool]:
