@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "batch": "cli.batch",
     "features": "cli.features",
     "fusion": "cli.fusion",
+    "mednext": "cli.mednext",
 }
 
 # What ``ctnode --help`` says of each command, and its parser's description.
@@ -43,6 +44,7 @@ SUMMARIES: dict[str, str] = {
         "extract the analyzers' features of studies into a Parquet table for fusion training"
     ),
     "fusion": "train a fusion model on labelled studies (train), or check a registered one (check)",
+    "mednext": "train a MedNeXt multilabel classifier on labelled studies (train)",
 }
 
 

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--companion", type=Path, help="a second checkpoint (diffusion-anomaly: the classifier)"
     )
-    reg.add_argument("--card", type=Path, help="model card JSON (diffusion-anomaly)")
+    reg.add_argument("--card", type=Path, help="model card JSON (diffusion-anomaly, mednext)")
     fet = sub.add_parser("fetch", help="download a model from its manifest URL, with resume")
     fet.add_argument("name")
     fet.add_argument(

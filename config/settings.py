@@ -364,7 +364,7 @@ class NeuralSettings:
     are off by default: on generated weights of the published shape bf16 moved a
     probability by up to 0.09 (2.7 % of the tokens pick another codebook row), beyond the
     1e-2 we accept, so a site turns it on only after ``benchmarks/ctclip.py`` shows its
-    weights stay within that. ``device`` places fVLM (``auto``: CUDA when present);
+    weights stay within that. ``device`` places fVLM and MedNeXt (``auto``: CUDA when present);
     ``organs_fast`` runs TotalSegmentator's 3 mm model for fVLM's organ masks instead of the
     full 1.5 mm models fVLM was trained on.
     """
@@ -374,8 +374,9 @@ class NeuralSettings:
     bf16_autocast: bool = False
     cpu_bf16: bool = False
     models: tuple[str, ...] = ()
-    # fVLM: its device ("auto": CUDA when present) and TotalSegmentator's mode for its organ
-    # masks (fast: the 3 mm model; full, the default: the five 1.5 mm models fVLM was trained on).
+    # fVLM's and MedNeXt's device ("auto": CUDA when present) and TotalSegmentator's mode for
+    # fVLM's organ masks (fast: the 3 mm model; full, the default: the five 1.5 mm models fVLM
+    # was trained on).
     device: str = "auto"
     organs_fast: bool = False
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)

@@ -14,6 +14,7 @@ concepts without a standard code are private.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 PRIVATE_SCHEME = "99CTNODE"
@@ -71,6 +72,9 @@ OVERALL_RESULT = _own("CTN-0101", "Overall result")
 FINDING_RESULT = _own("CTN-0102", "Finding result")
 NOT_RUN = _own("CTN-0103", "Analyzer not run")
 ANOMALY = _own("CTN-0400", "Departure from a healthy reconstruction")
+# TID 4019's row, also written as text for analyzers no measurement group names (their
+# weights' hashes then still reach the report).
+ALGORITHM_PARAMETERS = _dcm("111002", "Algorithm Parameters")
 
 # Measurement concepts (values with UCUM units).
 VOLUME = _sct("118565006", "Volume")
@@ -160,6 +164,19 @@ CT_RATE_LABELS: tuple[str, ...] = (
 )
 
 
+# Labels beyond CT-RATE's 18 that the seeds' MedNeXt classifier reports (its model card,
+# ``inference.mednext.card.DEFAULT_LABELS``), with their codes.
+MEDNEXT_EXTRA = {
+    "Pneumothorax": _sct("36118008", "Pneumothorax"),
+    "Lung mass": _own("CTN-0500", "Lung mass"),
+    "Pleural thickening": _own("CTN-0501", "Pleural thickening"),
+    "Rib fracture": _own("CTN-0502", "Rib fracture"),
+}
+MEDNEXT_EXTRA_LABELS: tuple[str, ...] = tuple(MEDNEXT_EXTRA)
+# Prefix of the codes derived for a site's labels the table does not know (finding_code).
+DERIVED_PREFIX = "CTNL-"
+
+
 def label_code(label: str) -> Code:
     """The code of a CT-RATE label: SNOMED CT where one exists, else ``CTRATE-nn``."""
     if label not in CT_RATE_LABELS:
@@ -167,6 +184,25 @@ def label_code(label: str) -> Code:
     if label in CT_RATE_SNOMED:
         return CT_RATE_SNOMED[label]
     return Code(f"CTRATE-{CT_RATE_LABELS.index(label) + 1:02d}", PRIVATE_SCHEME, label)
+
+
+def finding_code(label: str) -> Code:
+    """The code of any finding label a model card names: a CT-RATE label's
+    (:func:`label_code`), one of :data:`MEDNEXT_EXTRA`, else a private code derived from the
+    label alone, so the same label gets the same code on every node and every run:
+    ``CTNL-`` and the first 10 hex digits of the sha256 of the label with its white space
+    collapsed and its case folded, meaning the label as written. These values are outside
+    the table's (no other code starts ``CTNL-``) and never retired: a different label is a
+    different code."""
+    if label in CT_RATE_LABELS:
+        return label_code(label)
+    if label in MEDNEXT_EXTRA:
+        return MEDNEXT_EXTRA[label]
+    key = " ".join(label.split()).casefold()
+    if not key:
+        raise ValueError("a finding label must not be empty")
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
+    return Code(f"{DERIVED_PREFIX}{digest}", PRIVATE_SCHEME, label.strip()[:64])
 
 
 def measurement(name: str) -> Entry:
@@ -183,10 +219,12 @@ def table() -> list[Entry]:
     rows += [Entry(c) for c in (LOWER_ZONE, PRESENT, ABSENT, CENTER, PROCEDURE_CT)]
     rows += [Entry(c) for c in (EMPHYSEMA, CONSOLIDATION, NODULE, OVERALL)]
     rows += [Entry(c) for c in (OVERALL_RESULT, FINDING_RESULT, NOT_RUN, ANOMALY)]
+    rows += [Entry(ALGORITHM_PARAMETERS)]
     rows += [Entry(PROBABILITY, "{probability}"), Entry(SCORE, "{score}")]
     rows += [Entry(THRESHOLD, "unit of the measure")]
     rows += list(MEASUREMENTS.values())
     rows += [Entry(label_code(label)) for label in CT_RATE_LABELS]
+    rows += [Entry(code) for code in MEDNEXT_EXTRA.values()]
     merged: dict[tuple[str, str], Entry] = {}
     for row in rows:
         key = (row.code.value, row.code.scheme)

@@ -14,11 +14,13 @@ from inference.analyzer import NeuralSpec
 from inference.anomaly import results as anomaly_results
 from inference.ctclip import results as ctclip_results
 from inference.fvlm import results as fvlm_results
+from inference.mednext import results as mednext_results
 
 SPECS: tuple[NeuralSpec, ...] = (
     *ctclip_results.SPECS,
     *anomaly_results.SPECS,
     *fvlm_results.SPECS,
+    *mednext_results.SPECS,
 )
 BY_NAME: dict[str, NeuralSpec] = {s.name: s for s in SPECS}
 TITLES: dict[str, str] = {s.name: s.title for s in SPECS}

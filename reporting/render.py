@@ -208,24 +208,31 @@ def lungs_line(analysis: Analysis) -> str:
 
 
 def neural_lines(analysis: Analysis, width: int = 108) -> list[str]:
-    """One line per neural analyzer that ran: its labels at or above 0.5, most probable
-    first, as many as fit in ``width`` characters (all 18 scores are in the SR and the
-    JSON; the page names what stands out); then how it ran when not as its model card says
-    (a reduced procedure)."""
+    """One line per neural analyzer that ran: its labels at or above 0.5 (or present at
+    their own thresholds, where its model card gives them: MedNeXt), most probable first, as
+    many as fit in ``width`` characters (all scores are in the SR and the JSON; the page
+    names what stands out); then how it ran when not as its model card says (a reduced
+    procedure)."""
     lines = []
     for result in analysis.results:
         title = NEURAL_TITLES.get(result.analyzer)
         if title is None:
             continue
+        own = any(f.threshold is not None for f in result.findings)
         high = sorted(
-            (f for f in result.findings if f.score is not None and f.score >= 0.5),
+            (
+                f
+                for f in result.findings
+                if f.score is not None and (f.present if own else f.score >= 0.5)
+            ),
             key=lambda f: -(f.score or 0.0),
         )
         caveat = f"{result.notes[0]}; " if result.notes else ""  # e.g. fVLM on the lungs only
         notes = [f"{title}: {m.note}"[:width] for m in result.maps if m.note]
         line = f"{title} ({caveat}not calibrated): "
         if not high:
-            lines += [line + "no label at or above 0.50", *notes]
+            empty = "no label at its threshold" if own else "no label at or above 0.50"
+            lines += [line + empty, *notes]
             continue
         items = [f"{f.label} {f.score:.2f}" for f in high]
         shown = 0

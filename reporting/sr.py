@@ -276,8 +276,24 @@ def _qualitative(analysis: Analysis, drawn: set[str]) -> ContainerContentItem:
     texts += [
         (codes.FINDING_RESULT, f"{r.analyzer}: {n}") for r in analysis.results for n in r.notes
     ]
+    texts += _identities(analysis)
     texts += [(codes.NOT_RUN, f"{name}: {why}") for name, why in analysis.not_run]
     return tid.tid1500_qualitative_evaluations(evaluations, texts)
+
+
+def _identities(analysis: Analysis) -> list[tuple[Code, str]]:
+    """TID 4019's parameters (the weights' sha256) of every analyzer with weights, as text:
+    a neural analyzer's scores are text too, in no measurement group with an algorithm
+    identification, and the report must still name the exact model that made them."""
+    return [
+        (
+            codes.ALGORITHM_PARAMETERS,
+            f"{r.analyzer} {r.version}: "
+            + ", ".join(f"weights_sha256={h}" for h in r.weights_sha256),
+        )
+        for r in analysis.results
+        if r.weights_sha256
+    ]
 
 
 _TYPE2_FROM_SOURCE = (
