@@ -24,7 +24,7 @@ COPY node ./node
 COPY training ./training
 COPY cli ./cli
 COPY weights ./weights
-RUN pip install '.[neural]' && ctnode config > /dev/null && ctnode weights list && ctnode weights check
+RUN pip install '.[neural,postgres]' && ctnode config > /dev/null && ctnode weights list && ctnode weights check
 
 RUN useradd --system --uid 10001 --home-dir /data ctnode \
     && mkdir -p /data && chown ctnode:ctnode /data

@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs openssl
+APT_PACKAGES := python3-venv dcmtk dicom3tools orthanc chromium default-jre-headless libpixelmed-java nodejs openssl postgresql
 # CT-CLIP (the `neural` extra) needs torch; the tests use the CPU build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test test-all lint tools ohif bench fuzz clean
+.PHONY: run test test-all lint tools ohif bench fuzz soak clean
 
 run: $(STAMP)
 	$(BIN)/ctnode serve $(ARGS)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 fuzz: $(STAMP)
 	CTNODE_FUZZ=1 $(BIN)/pytest tests/test_upper_layer_fuzz.py --timeout=0 $(PYTEST_ARGS)
 
+# The several-hosts scenario (PostgreSQL and SQLite, 2 receivers, 2 workers, 2 senders, kills
+# and restarts) with more studies than `make test` sends: CTNODE_SOAK_STUDIES (default 20).
+soak: $(STAMP) tools
+	CTNODE_SOAK_STUDIES=$${CTNODE_SOAK_STUDIES:-20} $(BIN)/pytest tests/test_several_hosts.py --timeout=0 $(PYTEST_ARGS)
+
 bench: $(STAMP) tools
 	$(BIN)/python benchmarks/ingest.py --bare
 
@@ -35,6 +40,7 @@ bench: $(STAMP) tools
 # npm comes with some nodejs builds (NodeSource's): Debian's npm only where it does not.
 tools:
 	@missing=""; for t in storescu storescp dciodvfy Orthanc chromium java node npm; do command -v $$t >/dev/null || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing=1; \
 	[ -f /usr/share/java/pixelmed.jar ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -57,7 +63,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,postgres]'
 	$(BIN)/pip install -q '$(TORCH)' || echo "note: $(TORCH) not installed: the CT-CLIP tests will skip"
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -20,10 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    if not (settings.storage.root / DB_NAME).exists():
+    url = settings.database.url
+    if not url and not (settings.storage.root / DB_NAME).exists():
         print(f"no index in {settings.storage.root}", file=sys.stderr)
         return 1
-    index = Index(settings.storage.root)
+    index = Index(settings.storage.root, url=url, pool_size=1)
     try:
         count = Outbox(index, settings.storage.root, {}, settings.outbox).retry(args.ids)
     finally:

@@ -5,6 +5,11 @@ On SIGTERM or SIGINT the node stops (see ``node.serve``) and the process exits 0
 ``scp.processes`` above 1 this process starts that many minus one receiving processes
 (``serve --receiver``) that listen on the same port (SO_REUSEPORT); each dies with it.
 
+``--role`` runs one part of the node (``receiver``, ``worker``, ``sender``, ``api``; default
+``all``) so that several processes, on one host over SQLite or on several hosts over
+PostgreSQL (``[database] url``), share the work; ``--node-id`` names the process (default:
+the host name, with the role when it is not ``all``). README, "Several hosts".
+
 Exit codes: 0 stopped on a signal; 1 the node could not start (e.g. the port is taken); 2 the
 configuration, or the configured fusion model, cannot be used.
 """
@@ -19,11 +24,12 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from types import FrameType
 
 from cli.common import add_config_argument, load_settings
 from node import logs
-from node.serve import Node
+from node.serve import ROLES, Node
 from scp import tuning
 
 log = logging.getLogger(__name__)
@@ -34,10 +40,24 @@ _PR_SET_PDEATHSIG = 1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--receiver", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="the part of the node this process runs (default: all of them)",
+    )
+    parser.add_argument(
+        "--node-id",
+        default="",
+        help="this process's name in the index, unique per process "
+        "(default: [cluster] node_id, else the host name and the role)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    if args.node_id:
+        settings = replace(settings, cluster=replace(settings.cluster, node_id=args.node_id))
     logs.configure(settings.logging)
     tuning.quiet_pydicom_validation()
     receiver = args.receiver is not None
@@ -45,13 +65,14 @@ def run(args: argparse.Namespace) -> int:
         _die_with_parent()
     pipeline = None
     try:
-        if not receiver and settings.worker.count > 0:
+        if not receiver and settings.worker.count > 0 and args.role in ("all", "worker"):
             # receiving processes never analyse: only the main process loads the analysis stack
             from node.pipeline import AnalysisPipeline  # noqa: PLC0415
 
             pipeline = AnalysisPipeline(settings)  # refuses an unusable [fusion] model
         node = Node(
             settings,
+            role=args.role,
             receiver_only=receiver,
             pipeline=pipeline,
             analyzers=pipeline.ensemble.states if pipeline else None,
@@ -59,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         return 2
+    except Exception as exc:  # the index cannot be opened (a database down or refusing)
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        return 1
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -67,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    receivers = [] if receiver else _start_receivers(args, settings.scp.processes - 1)
+    receiving = not receiver and args.role in ("all", "receiver")
+    receivers = _start_receivers(args, settings.scp.processes - 1) if receiving else []
     try:
         node.start()
     except (OSError, RuntimeError) as exc:

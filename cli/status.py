@@ -3,13 +3,14 @@
 Reads the index read-only, so it works while the node runs (WAL lets readers in beside the
 writer). UIDs are shown as the same short hashes the logs use, so an operator can match a
 line here to the log without the screen showing identifiers; ``--json`` gives full records.
+With ``[database] url`` it reads the shared PostgreSQL index, and shows every serving
+process of every host: its role, the seconds since its last heartbeat, what it holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from typing import Any
@@ -26,11 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    if not (settings.storage.root / DB_NAME).exists():
+    url = settings.database.url
+    if not url and not (settings.storage.root / DB_NAME).exists():
         print(f"no index in {settings.storage.root}: nothing received yet", file=sys.stderr)
         return 1
     try:
-        index = Index(settings.storage.root, read_only=True)
+        index = Index(settings.storage.root, read_only=True, url=url, pool_size=1)
         series = index.query(
             "SELECT s.study_uid, s.series_uid, s.modality, s.series_number, s.description, "
             "s.state, s.reason, s.instance_count, s.last_received_epoch, s.revision "
@@ -46,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
             "SELECT id, destination, kind, series_uid, attempts, reason, updated FROM outbox "
             "WHERE state = 'PENDING' AND attempts > 0 ORDER BY id"
         )
+        nodes = index.nodes() if _has_nodes(index) else []
         index.close()
-    except sqlite3.Error as exc:
-        print(f"cannot read the index: {exc}", file=sys.stderr)
+    except Exception as exc:  # sqlite3.Error, or psycopg's when the database is away
+        print(f"cannot read the index: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    for node in nodes:
+        node["heartbeat_age"] = round(float(node["heartbeat_age"]), 1)
     now = time.time()
     for row in series:
         row["age_seconds"] = round(now - row.pop("last_received_epoch"), 1)
@@ -60,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
             "failed_deliveries": deliveries,
             "pending_deliveries": pending[0]["n"],
             "retrying_deliveries": retrying,
+            "nodes": nodes,
         }
         print(json.dumps(summary, indent=2))
         return 0
     print(render(series, jobs))
+    if nodes:
+        print("\n" + render_nodes(nodes))
     if deliveries:
         print(f"\n{len(deliveries)} failed deliveries (ctnode retry [ID ...] re-queues them):")
         for d in deliveries:
@@ -106,6 +114,34 @@ def render(series: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> str:
     if jobs:
         summary += "; jobs: " + ", ".join(f"{j['n']} {j['state']}" for j in jobs)
     return "\n".join([*lines, "", summary])
+
+
+def render_nodes(nodes: list[dict[str, Any]]) -> str:
+    """One line per serving process: what it does, where, when it was last heard from."""
+    header = ("NODE", "ROLE", "HOST", "STATE", "HEARTBEAT", "JOBS", "DELIVERIES")
+    rows = [header] + [
+        (
+            str(n["node_id"]),
+            str(n["role"]),
+            str(n["host"]),
+            str(n["state"]),
+            _age(float(n["heartbeat_age"])) + " ago",
+            str(n["jobs_held"]),
+            str(n["deliveries_held"]),
+        )
+        for n in nodes
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _has_nodes(index: Index) -> bool:
+    """An index written before node registration (read-only: it is not migrated) has none."""
+    if index.pool is not None:
+        return True
+    return bool(index.query("SELECT 1 FROM sqlite_master WHERE name = 'nodes'"))
 
 
 def _age(seconds: float) -> str:

@@ -124,6 +124,35 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the index lives: empty ``url`` = SQLite in the data directory (one host);
+    a ``postgresql://`` URL = a PostgreSQL database several hosts share."""
+
+    url: str = ""
+    pool_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database.url must be empty (SQLite) or a postgresql:// URL")
+        if self.pool_size < 1:
+            raise ValueError(f"database.pool_size must be at least 1, not {self.pool_size}")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Several processes over one index: who this process is, how long its claims last."""
+
+    node_id: str = ""
+    lease: float = 60.0
+    heartbeat: float = 10.0
+    orphan_age: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat < self.lease:
+            raise ValueError("cluster.heartbeat must be above 0 and below cluster.lease")
+
+
+@dataclass(frozen=True)
 class AssemblySettings:
     """When a series counts as complete: no new instance for ``stable_age`` seconds."""
 
@@ -394,6 +423,8 @@ class Settings:
 
     scp: SCPSettings = field(default_factory=SCPSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: tuple[DestinationSettings, ...] = ()

@@ -1,5 +1,7 @@
 """The assembler's shell: a scheduled tick that feeds ``assembler.step`` from the index and
-queues an analysis job for every series that became STABLE."""
+queues an analysis job for every series that became STABLE. Every receiving process ticks;
+on PostgreSQL an advisory lock lets one host step at a time, and ``mark_stable``'s revision
+guard makes a racing step harmless anyway."""
 
 from __future__ import annotations
 
@@ -36,8 +38,11 @@ class Assembly:
         self._lock = threading.Lock()
 
     def tick(self) -> list[int]:
-        """One assembler step; returns the ids of the jobs it queued."""
-        with self._lock:
+        """One assembler step; returns the ids of the jobs it queued. With several hosts
+        one of them steps at a time (the others skip the tick)."""
+        with self._lock, self.index.exclusive("assembly") as mine:
+            if not mine:
+                return []
             wall = self.wall_clock()
             observed = [
                 assembler.Observed(s.series_uid, s.revision, wall - s.last_received)

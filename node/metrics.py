@@ -1,8 +1,9 @@
 """Prometheus metrics computed from the index at scrape time.
 
 Everything the node counts already lives in SQLite (instances, refusals, series states, job
-timings, deliveries), written by every receiving process. Reading it at scrape time gives one
-consistent view however many processes receive, and nothing to lose on restart.
+timings, deliveries, the serving processes and their heartbeats), written by every process of
+every host. Reading it at scrape time gives one consistent view however many processes
+receive, analyse and send, and nothing to lose on restart.
 """
 
 from __future__ import annotations
@@ -67,6 +68,34 @@ class IndexCollector(Collector):
         for row in q("SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY 1, 2"):
             deliveries.add_metric([row["destination"], row["state"]], row["n"])
         yield deliveries
+
+        yield from self._nodes()
+
+    def _nodes(self) -> Iterator[GaugeMetricFamily]:
+        """Every serving process of every host (``nodes``): its heartbeat and its claims."""
+        labels = ["node_id", "role", "host"]
+        age = GaugeMetricFamily(
+            "ctnode_node_heartbeat_age_seconds",
+            "Seconds since each serving process's last heartbeat (database clock)",
+            labels=labels,
+        )
+        up = GaugeMetricFamily(
+            "ctnode_node_running",
+            "1 while a serving process has not stopped cleanly",
+            labels=labels,
+        )
+        held = GaugeMetricFamily(
+            "ctnode_node_claims", "Jobs and deliveries each process holds", labels=[*labels, "kind"]
+        )
+        for node in self.index.nodes():
+            key = [str(node["node_id"]), str(node["role"]), str(node["host"])]
+            age.add_metric(key, float(node["heartbeat_age"]))
+            up.add_metric(key, 1.0 if node["state"] == "running" else 0.0)
+            held.add_metric([*key, "job"], int(node["jobs_held"]))
+            held.add_metric([*key, "delivery"], int(node["deliveries_held"]))
+        yield age
+        yield up
+        yield held
 
     def _durations(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(

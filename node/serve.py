@@ -12,11 +12,20 @@ processes (``serve --receiver``) that listen on the same port (SO_REUSEPORT) and
 the same spool and index; pynetdicom's association threads share one GIL, so this is how
 concurrent associations use more than one core. Only the main process recovers and
 assembles.
+
+``role`` picks what this process does (``ctnode serve --role``): ``receiver`` (the SCP, the
+assembly tick), ``worker`` (analysis), ``sender`` (the outbox), ``api`` (HTTP) or ``all``
+(every part: the single-host node). Every process but the extra receiving ones registers in
+the index's ``nodes`` table under its node id and beats there every ``cluster.heartbeat``
+seconds: the beat renews the leases of the jobs and deliveries it holds and queues again
+those whose holder stopped beating (``node.index.jobs``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -24,7 +33,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from config import Settings
+from config import Settings, __version__
 from inference.availability import AnalyzerState, analyzer_states
 from node.assembler_tick import Assembly
 from node.assembler_tick import add_to as add_assembly
@@ -40,6 +49,14 @@ from scp.spool import Spool
 
 log = logging.getLogger(__name__)
 
+ROLES = ("all", "receiver", "worker", "sender", "api")
+
+
+def default_node_id(role: str) -> str:
+    """The host name, with the role when this process plays only one."""
+    host = socket.gethostname()
+    return host if role == "all" else f"{host}-{role}"
+
 
 class Node:
     """The wired service; ``start``/``stop`` so tests can run it in-process too.
@@ -52,18 +69,31 @@ class Node:
         self,
         settings: Settings,
         *,
+        role: str = "all",
         receiver_only: bool = False,
         pipeline: Pipeline | None = None,
         analyzers: Sequence[AnalyzerState] | None = None,
     ) -> None:
         """``analyzers``: what the pipeline's ensemble found at its start; without it the
         node works it out from the weights store (a receive-only node still reports it)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         self.settings = settings
+        self.role = role
         self.receiver_only = receiver_only
+        self.node_id = settings.cluster.node_id or default_node_id(role)
         self._stop_workers = threading.Event()
+        self._wake_workers = threading.Event()
+        self._stop_heartbeat = threading.Event()
         root = settings.storage.root
         self.spool = Spool(root, fsync=settings.storage.fsync)
-        self.index = Index(root)
+        self.index = Index(
+            root,
+            url=settings.database.url,
+            pool_size=settings.database.pool_size,
+            node_id=self.node_id,
+            lease=settings.cluster.lease,
+        )
         self.scp = StorageSCP(settings.scp, self.spool, self.index)
         self.assembly = Assembly(self.index, settings.assembly.stable_age)
         results = root / "results"
@@ -75,7 +105,7 @@ class Node:
         )
         self.outbox = Outbox(self.index, results, destinations, settings.outbox)
         self.workers = []
-        if pipeline is not None:
+        if pipeline is not None and self.plays("worker"):
             self.workers = [
                 Worker(
                     self.index,
@@ -88,12 +118,16 @@ class Node:
                 for _ in range(settings.worker.count)
             ]
         self.api: ApiServer | None = None
-        if settings.api.enabled and not receiver_only:
+        if settings.api.enabled and not receiver_only and self.plays("api"):
             check_exposure(settings.api.host, settings.api.token)
             checks = default_checks(settings, self.index, lambda: self.scp.running)
+            if not self.plays("receiver"):
+                del checks["scp"]  # the listener is another process's part
             checks["workers"] = self._workers_alive
             checks["analyzers"] = self._analyzer_faults
-            predictor = Predictor(settings, self.index, self.scp, len(self.workers))
+            # an API process alone waits for the workers of other processes
+            workers = len(self.workers) or int(role == "api")
+            predictor = Predictor(settings, self.index, self.scp, workers)
             context = ApiContext(
                 settings, self.index, checks, results, predictor, lambda: self.analyzers
             )
@@ -104,6 +138,15 @@ class Node:
         self._known_analyzers = analyzers is not None
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+
+    def plays(self, role: str) -> bool:
+        """Whether this process does ``role``'s part (``all`` does every part)."""
+        return not self.receiver_only and self.role in ("all", role)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may use the same index and spool."""
+        return bool(self.settings.database.url) or self.role != "all"
 
     def _analyzer_faults(self) -> str | None:
         """Registered weights that are missing or corrupt need the site's attention."""
@@ -133,7 +176,13 @@ class Node:
 
     def start(self) -> None:
         if not self.receiver_only:
-            recover(self.index, self.spool)
+            recover(
+                self.index,
+                self.spool,
+                spool_too=self.plays("receiver"),
+                orphan_age=self.settings.cluster.orphan_age if self.shared else 0.0,
+            )
+            self.index.register_node(self.role, os.getpid(), __version__)
             if not self._known_analyzers:
                 self.analyzers = analyzer_states(
                     Path(self.settings.neural.weights_dir),
@@ -148,37 +197,57 @@ class Node:
                     "enabled" if analyzer.enabled else "disabled",
                     analyzer.reason,
                 )
-        self.scp.start()
+        if self.receiver_only or self.plays("receiver"):
+            self.scp.start()
         if self.receiver_only:
             return
         scheduler = BackgroundScheduler(daemon=True)
-        add_assembly(scheduler, self.assembly, self.settings.assembly.tick)
-        scheduler.add_job(
-            self.outbox.tick,
-            "interval",
-            seconds=self.settings.outbox.tick,
-            max_instances=1,
-            coalesce=True,
-            id="outbox",
-        )
+        if self.plays("receiver"):
+            add_assembly(scheduler, self.assembly, self.settings.assembly.tick)
+        if self.plays("sender"):
+            scheduler.add_job(
+                self.outbox.tick,
+                "interval",
+                seconds=self.settings.outbox.tick,
+                max_instances=1,
+                coalesce=True,
+                id="outbox",
+            )
         scheduler.start()
         self._scheduler = scheduler
         if self.api is not None:
             self.api.start()
+        if self.workers:
+            self.index.listen_for_jobs(self._wake_workers, self._stop_workers)
         for number, worker in enumerate(self.workers):
             thread = threading.Thread(
                 target=run_forever,
-                args=(worker, self._stop_workers, self.settings.worker.poll),
+                args=(worker, self._stop_workers, self.settings.worker.poll, self._wake_workers),
                 name=f"worker-{number}",
                 daemon=True,  # a stage past the grace period must not hold the exit
             )
             thread.start()
             self._threads.append(thread)
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Every ``cluster.heartbeat`` seconds: this process is alive and still holds its
+        claims; claims whose holder stopped beating go back to their queues."""
+        while not self._stop_heartbeat.wait(self.settings.cluster.heartbeat):
+            try:
+                self.index.heartbeat()
+                self.index.renew_leases()
+                self.index.renew_delivery_leases()
+                self.index.expire_leases()
+            except Exception:
+                log.exception("heartbeat failed; trying again at the next one")
 
     def stop(self) -> None:
         """Close the listener, let each worker finish the stage it is in (for up to
         ``worker.grace`` seconds), stop the ticks."""
         self._stop_workers.set()
+        self._wake_workers.set()
         self.scp.stop()
         if self.api is not None:
             self.api.stop()
@@ -196,4 +265,10 @@ class Node:
                 self.settings.worker.grace,
             )
             return  # the abandoned stage may still use the index: leave it open
+        self._stop_heartbeat.set()
+        if not self.receiver_only:
+            try:
+                self.index.unregister_node()
+            except Exception:
+                log.exception("could not mark this node stopped in the index")
         self.index.close()

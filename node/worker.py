@@ -15,6 +15,11 @@ state: its stale result is recorded as superseded and nothing is sent. A crash a
 leaves the job to be claimed again after start-up recovery; output UIDs are deterministic,
 so a re-run produces the same objects. A stop request is honoured between the pipeline's
 stages: the job goes back to the queue and runs again at the next start.
+
+With several processes (``ctnode serve --role worker`` on several hosts) a claim is a lease
+that the process's heartbeat renews (``node.index.jobs``): a worker that stops renewing it
+(killed, hung, cut off from the database) loses the job to another worker, gives up at its
+next stage if it is still alive, and its late result is refused at commit.
 """
 
 from __future__ import annotations
@@ -131,18 +136,22 @@ class Worker:
             extra={"cid": cid},
         )
         files = tuple(self.store_root / path for path in self.index.study_files(job))
-        staging = self.results_root / ".staging" / str(job.id)
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = self.results_root / ".staging" / f"{job.id}-{job.claim}"
+        for earlier in staging.parent.glob(f"{job.id}-*"):
+            shutil.rmtree(earlier, ignore_errors=True)  # left by a claim that died or lapsed
         staging.mkdir(parents=True)
         started = time.perf_counter()
         try:
             request = AnalysisRequest(
-                job.series_uid, files, self.stopping, self._previous_reports(job)
+                job.series_uid,
+                files,
+                lambda: self.stopping() or not self.index.holds(job),
+                self._previous_reports(job),
             )
             result = self.pipeline(request, staging)
         except Interrupted as exc:
             log.info("%s: job queued again", exc, extra={"cid": cid})
-            self.index.requeue(job.id, job.series_uid, job.revision)
+            self.index.requeue(job)
             shutil.rmtree(staging, ignore_errors=True)
             return False
         except Exception as exc:
@@ -219,14 +228,23 @@ class Worker:
         )
 
 
-def run_forever(worker: Worker, stop: threading.Event, poll: float = 1.0) -> None:
+def run_forever(
+    worker: Worker, stop: threading.Event, poll: float = 1.0, wake: threading.Event | None = None
+) -> None:
     """Work until ``stop`` is set; checked between jobs, and between a job's stages when the
-    worker was made with ``stopping=stop.is_set``."""
+    worker was made with ``stopping=stop.is_set``. An idle worker looks again after ``poll``
+    seconds, or as soon as ``wake`` is set (a job was queued: PostgreSQL's NOTIFY; whoever
+    sets ``stop`` sets ``wake`` too)."""
     while not stop.is_set():
         try:
             busy = worker.run_once()
         except Exception:
             log.exception("worker error; continuing")
             busy = False
-        if not busy:
+        if busy:
+            continue
+        if wake is None:
             stop.wait(poll)
+        else:
+            wake.wait(poll)
+            wake.clear()

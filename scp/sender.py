@@ -4,7 +4,10 @@ One association per destination per batch, proposing only the (SOP class, transf
 pairs being sent, each file sent as its stored bytes (no re-encoding). Every object ends in
 one of three outcomes, so the outbox knows what to do next:
 
-- ``DONE``: Success or Warning (PS3.4 B.2.3: 0x0000, 0x0001, 0xB000, 0xB006, 0xB007, 0x0107).
+- ``DONE``: Success or Warning (PS3.4 B.2.3: 0x0000, 0x0001, 0xB000, 0xB006, 0xB007, 0x0107),
+  and 0x0111 (Duplicate SOP Instance, PS3.7 C.4.1.1.4: the destination already holds the
+  object; output UIDs are deterministic, so it is ours, re-sent after a sender died between
+  the answer and recording it).
 - ``RETRY``: the destination may accept later: 0xA7xx (out of resources), association
   rejected-transient, no connection (refused, unreachable, timeout), an aborted association
   or a missing response.
@@ -66,6 +69,7 @@ class Delivery:
 
 
 _WARNINGS = {0x0001, 0x0107, 0xB000, 0xB006, 0xB007}
+_DUPLICATE = 0x0111
 
 
 def classify_status(status: int) -> tuple[Outcome, str]:
@@ -74,6 +78,8 @@ def classify_status(status: int) -> tuple[Outcome, str]:
         return Outcome.DONE, "success"
     if status in _WARNINGS:
         return Outcome.DONE, f"warning 0x{status:04X}"
+    if status == _DUPLICATE:
+        return Outcome.DONE, "duplicate SOP instance 0x0111 (already delivered)"
     if 0xA700 <= status <= 0xA7FF:
         return Outcome.RETRY, f"out of resources 0x{status:04X}"
     if 0xA900 <= status <= 0xA9FF:

@@ -17,6 +17,7 @@ import ctypes
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -101,13 +102,19 @@ class Spool:
         """Delete a stored file (best effort: a missing file is already what we want)."""
         (self.store_dir / relative).unlink(missing_ok=True)
 
-    def clean_temp(self) -> int:
-        """Remove leftovers of interrupted receptions; returns how many were removed."""
+    def clean_temp(self, older_than: float = 0.0) -> int:
+        """Remove leftovers of interrupted receptions; returns how many were removed. With
+        ``older_than`` only files untouched that many seconds (others may be receptions
+        in progress in another process sharing the spool)."""
         removed = 0
+        cutoff = time.time() - older_than
         for entry in self.tmp_dir.iterdir():
-            if entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if entry.is_file() and (older_than <= 0 or entry.stat().st_mtime < cutoff):
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # finished (renamed) meanwhile
         return removed
 
     def stored(self) -> Iterator[str]:

@@ -37,6 +37,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
         (0x0000, Outcome.DONE),
         (0xB000, Outcome.DONE),
         (0xB007, Outcome.DONE),
+        (0x0111, Outcome.DONE),  # duplicate SOP instance: a re-send after a sender died
         (0xA700, Outcome.RETRY),
         (0xA7FF, Outcome.RETRY),
         (0xA900, Outcome.FAILED),

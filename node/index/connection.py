@@ -1,24 +1,33 @@
-"""The index's connections: one write connection shared by the node's threads behind a lock,
-every write one transaction committed with ``synchronous=FULL`` (an acknowledged instance's
-row survives power loss like its file does), and a second connection the SCP's duplicate
-check reads from without waiting for a commit (WAL). Other processes (``ctnode status``)
-open the file read-only beside the writer.
+"""The index's connections. Without ``[database] url``: SQLite in the data directory, one
+write connection shared by the node's threads behind a lock, every write one transaction
+committed with ``synchronous=FULL`` (an acknowledged instance's row survives power loss like
+its file does), and a second connection the SCP's duplicate check reads from without waiting
+for a commit (WAL); other processes (``ctnode status``, more ``serve`` processes on the host)
+open the same file. With a ``postgresql://`` URL: a connection pool to a database that
+several hosts share (``node.index.postgres``); the queries are the same, and ``Dialect``
+holds the few clauses where the two differ.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import socket
 import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from node.index.schema import DB_NAME, create
+
+if TYPE_CHECKING:
+    from node.index.postgres import Pool
 
 
 def _import_sqlite_utils() -> ModuleType:
@@ -43,11 +52,72 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class Connection:
-    """Read and write access to ``index.sqlite`` in the data directory; the schema is
-    created on first open (``node.index.schema``)."""
+@dataclass(frozen=True)
+class Dialect:
+    """The clauses where SQLite and PostgreSQL differ. ``lock`` rows a transaction reads to
+    decide an update (SQLite's ``BEGIN IMMEDIATE`` already serialises writers), ``skip_locked``
+    lets concurrent claims pass each other, ``epoch`` is the database's clock in seconds (one
+    clock for every host's leases), ``key_lock`` (a statement with one parameter, or empty)
+    serialises the transactions that write the same series until they commit, ``notify``
+    (or empty) tells listening workers, at commit, that a job was queued."""
 
-    def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
+    name: str
+    lock: str
+    skip_locked: str
+    epoch: str
+    key_lock: str
+    notify: str
+
+
+JOBS_CHANNEL = "ctnode_jobs"
+SQLITE = Dialect("sqlite", "", "", "((julianday('now') - 2440587.5) * 86400.0)", "", "")
+POSTGRES = Dialect(
+    "postgresql",
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED",
+    "EXTRACT(EPOCH FROM clock_timestamp())",
+    "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+    f"NOTIFY {JOBS_CHANNEL}",
+)
+
+
+class Tx(Protocol):
+    """A write transaction: ``sqlite3.Connection`` or ``node.index.postgres.Transaction``."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+
+class Connection:
+    """Read and write access to the index: ``index.sqlite`` in the data directory, or the
+    PostgreSQL database at ``url``; the schema is created or migrated on first open
+    (``node.index.schema``, ``node/index/migrations``). ``node_id`` names this process in
+    the leases it takes, each ``lease`` seconds long until its heartbeat renews it."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        read_only: bool = False,
+        url: str = "",
+        pool_size: int = 8,
+        node_id: str = "",
+        lease: float = 60.0,
+    ) -> None:
+        self.node_id = node_id or socket.gethostname()
+        self.lease = lease
+        self.url = url
+        self.data_dir = data_dir
+        self.pool: Pool | None = None
+        if url:
+            # psycopg is the optional `postgres` extra: a node on SQLite never loads it
+            from node.index.postgres import Pool  # noqa: PLC0415
+
+            self.dialect = POSTGRES
+            self.pool = Pool(url, pool_size, migrate=not read_only)
+            return
+        self.dialect = SQLITE
         path = data_dir / DB_NAME
         if read_only:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -74,13 +144,21 @@ class Connection:
             self._reader_lock = threading.RLock()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            return
         if self._reader is not self.conn:
             self._reader.close()
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, serialised across threads; rolled back on error."""
+    def transaction(self) -> Iterator[Tx]:
+        """One write transaction (serialised across threads on SQLite); rolled back on error.
+        It answers ``execute`` and ``executemany`` like a ``sqlite3.Connection``."""
+        if self.pool is not None:
+            with self.pool.transaction() as tx:
+                yield tx
+            return
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -91,5 +169,40 @@ class Connection:
             self.conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        if self.pool is not None:
+            return self.pool.query(sql, params)
         with self._lock:
             return [dict(row) for row in self.conn.execute(sql, params).fetchall()]
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """A query that need not wait for the write connection (SQLite's second one)."""
+        if self.pool is not None:
+            return self.pool.query(sql, params)
+        with self._reader_lock:
+            return [dict(row) for row in self._reader.execute(sql, params).fetchall()]
+
+    def listen_for_jobs(self, wake: threading.Event, stop: threading.Event) -> None:
+        """Set ``wake`` whenever a job is queued, until ``stop`` is set: a thread listening
+        on PostgreSQL (LISTEN/NOTIFY), so idle workers need not wait for their next poll.
+        Nothing on SQLite (one host: its workers poll)."""
+        if self.pool is None:
+            return
+        threading.Thread(
+            target=self.pool.listen,
+            args=(JOBS_CHANNEL, wake, stop),
+            name="jobs-listener",
+            daemon=True,
+        ).start()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Whether this process may run the periodic task ``name`` now, no other process
+        running it: a session advisory lock on PostgreSQL (every host). On SQLite always
+        True: one host, ``BEGIN IMMEDIATE`` serialises the task's writes and each write is
+        guarded by what it read (e.g. a series' revision)."""
+        if self.pool is None:
+            yield True
+            return
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "big")
+        with self.pool.try_lock(key) as held:
+            yield held

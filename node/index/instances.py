@@ -5,12 +5,12 @@ recovery's reconciliation of the index with the spool."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node.index.connection import Connection, utc_now
+from node.index.connection import Connection, Tx, utc_now
+from node.index.schema import TABLES
 from scp.header import HeaderValues
 from scp.sink import ReceivedInstance, Refusal, StoredCopy
 
@@ -26,12 +26,10 @@ class OpenSeries:
 
 class InstanceQueries(Connection):
     def stored_copy(self, sop_instance_uid: str) -> StoredCopy | None:
-        with self._reader_lock:
-            row = self._reader.execute(
-                "SELECT sha256, path FROM instances WHERE sop_instance_uid = ?",
-                (sop_instance_uid,),
-            ).fetchone()
-        return StoredCopy(row["sha256"], row["path"]) if row else None
+        rows = self.read(
+            "SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        return StoredCopy(rows[0]["sha256"], rows[0]["path"]) if rows else None
 
     def record(self, instance: ReceivedInstance) -> None:
         """Index a stored instance and mark its series as changed, in one transaction."""
@@ -39,9 +37,16 @@ class InstanceQueries(Connection):
 
     def record_many(self, instances: Sequence[ReceivedInstance]) -> None:
         """Index stored instances in one transaction: the SCP's group commit
-        (``scp.group_commit``) pays one ``synchronous=FULL`` commit for all of them."""
+        (``scp.group_commit``) pays one ``synchronous=FULL`` commit for all of them.
+
+        Idempotent across processes: the same instance stored by two receivers at once is
+        one row, counted once (each series' writers are serialised, in series order so that
+        two batches cannot wait on each other)."""
         now, epoch = utc_now(), time.time()
         with self.transaction() as conn:
+            if self.dialect.key_lock:
+                for series_uid in sorted({i.identity.series_uid for i in instances}):
+                    conn.execute(self.dialect.key_lock, (series_uid,))
             for instance in instances:
                 _insert(conn, instance, now, epoch)
 
@@ -62,20 +67,15 @@ class InstanceQueries(Connection):
 
     def open_series(self) -> list[OpenSeries]:
         """Series still receiving, for the assembler."""
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT series_uid, revision, last_received_epoch FROM series "
-                "WHERE state = 'RECEIVING'"
-            ).fetchall()
-        return [OpenSeries(r[0], r[1], r[2]) for r in rows]
+        rows = self.query(
+            "SELECT series_uid, revision, last_received_epoch FROM series WHERE state = 'RECEIVING'"
+        )
+        return [OpenSeries(r["series_uid"], r["revision"], r["last_received_epoch"]) for r in rows]
 
     def indexed_paths(self) -> dict[str, tuple[str, str]]:
         """``{relative path: (SOP Instance UID, Series UID)}`` for every indexed instance."""
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT path, sop_instance_uid, series_uid FROM instances"
-            ).fetchall()
-        return {r[0]: (r[1], r[2]) for r in rows}
+        rows = self.query("SELECT path, sop_instance_uid, series_uid FROM instances")
+        return {r["path"]: (r["sop_instance_uid"], r["series_uid"]) for r in rows}
 
     def forget_instance(self, sop_instance_uid: str, series_uid: str) -> None:
         """Drop an instance whose file is gone; its series counts as changed."""
@@ -90,7 +90,7 @@ class InstanceQueries(Connection):
             )
 
 
-def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoch: float) -> None:
+def _insert(conn: Tx, instance: ReceivedInstance, now: str, epoch: float) -> None:
     """The rows of one stored instance; its series counts as changed."""
     ds = instance.header
     ident = instance.identity
@@ -99,8 +99,9 @@ def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoc
         "INSERT INTO patients (patient_key, patient_id, patient_name, birth_date, sex) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET "
         "patient_name = excluded.patient_name, birth_date = excluded.birth_date, "
-        "sex = excluded.sex WHERE patient_name IS NOT excluded.patient_name "
-        "OR birth_date IS NOT excluded.birth_date OR sex IS NOT excluded.sex",  # else no write
+        "sex = excluded.sex WHERE patients.patient_name IS DISTINCT FROM excluded.patient_name "
+        "OR patients.birth_date IS DISTINCT FROM excluded.birth_date "
+        "OR patients.sex IS DISTINCT FROM excluded.sex",  # else no write
         (
             patient_key,
             _text(ds, "PatientID"),
@@ -142,10 +143,11 @@ def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoc
             now,
         ),
     )
-    is_new = instance.replaces is None
+    known = conn.execute(
+        "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (ident.sop_instance_uid,)
+    ).fetchone()
     conn.execute(
-        "INSERT OR REPLACE INTO instances VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _UPSERT_INSTANCE,
         (
             ident.sop_instance_uid,
             ident.series_uid,
@@ -175,8 +177,17 @@ def _insert(conn: sqlite3.Connection, instance: ReceivedInstance, now: str, epoc
         "last_received_epoch = ?, "
         "state_changed = CASE WHEN state = 'RECEIVING' THEN state_changed ELSE ? END, "
         "state = 'RECEIVING', reason = '' WHERE series_uid = ?",
-        (1 if is_new else 0, now, epoch, now, ident.series_uid),
+        (0 if known else 1, now, epoch, now, ident.series_uid),
     )
+
+
+_INSTANCE_COLUMNS = tuple(TABLES["instances"].columns)
+_UPSERT_INSTANCE = (
+    f"INSERT INTO instances ({', '.join(_INSTANCE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))}) "
+    "ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _INSTANCE_COLUMNS[1:])
+)
 
 
 def _patient_key(ds: HeaderValues) -> str:

@@ -1,26 +1,40 @@
 """What the analysis jobs serve: the assembler queues a job when a series becomes STABLE, a
 worker claims one (its series PROCESSING) and finishes it, in one transaction, with the
 result row, the series' end state and the result's deliveries; start-up recovery queues
-again what a crash interrupted."""
+again what a crash interrupted.
+
+A claim is a lease: the job names its owner (the node id of the worker's process) and the
+time its claim ends (the database's clock), which the owner's heartbeat moves on
+(``renew_leases``). A job whose lease ran out is queued again by any process
+(``expire_leases``), and a claim counter tells the owner's late commit from the new one's:
+``finish_job`` refuses a result whose claim is no longer the job's (logged, nothing written).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from node.index.connection import Connection, utc_now
+from node.index.connection import Connection, Tx, utc_now
 from node.index.deliveries import ResultObject, enqueue
+from scp.uids import uid_hash
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Job:
+    """A claimed job; ``claim`` is the job's claim counter when this claim was made."""
+
     id: int
     series_uid: str
     study_uid: str
     revision: int
     deliver: bool = True
+    claim: int = 0
 
 
 class JobQueries(Connection):
@@ -43,13 +57,15 @@ class JobQueries(Connection):
                 "WHERE series_uid = ? AND state = 'queued'",
                 (now, series_uid),
             )
-            cursor = conn.execute(
+            row = conn.execute(
                 "INSERT INTO jobs (series_uid, study_uid, revision, state, reason, created, "
                 "updated, deliver) SELECT series_uid, study_uid, revision, 'queued', '', ?, ?, ? "
-                "FROM series WHERE series_uid = ?",
+                "FROM series WHERE series_uid = ? RETURNING id",
                 (now, now, int(deliver), series_uid),
-            )
-            return cursor.lastrowid
+            ).fetchone()
+            if self.dialect.notify:
+                conn.execute(self.dialect.notify)  # delivered to listening workers at commit
+            return int(row[0])
 
     def set_delivery(self, series_uid: str, deliver: bool) -> None:
         """Decide delivery for a series' queued job (one the assembler queued first)."""
@@ -59,60 +75,120 @@ class JobQueries(Connection):
                 (int(deliver), series_uid),
             )
 
-    def requeue(self, job_id: int, series_uid: str, revision: int) -> None:
+    def requeue(self, job: Job) -> None:
         """A job stopped between stages goes back to the queue, its series to STABLE (unless
-        the series changed meanwhile: then a newer job exists and this one is superseded)."""
+        the series changed meanwhile: then a newer job exists and this one is superseded).
+        A claim that is no longer the job's changes nothing."""
         now = utc_now()
         with self.transaction() as conn:
+            if not self._holds(conn, job):
+                return
             back = conn.execute(
                 "UPDATE series SET state = 'STABLE', state_changed = ? "
                 "WHERE series_uid = ? AND revision = ? AND state = 'PROCESSING'",
-                (now, series_uid, revision),
+                (now, job.series_uid, job.revision),
             ).rowcount
             conn.execute(
-                "UPDATE jobs SET state = ?, updated = ? WHERE id = ?",
-                ("queued" if back else "superseded", now, job_id),
+                "UPDATE jobs SET state = ?, owner = NULL, lease_until = NULL, updated = ? "
+                "WHERE id = ?",
+                ("queued" if back else "superseded", now, job.id),
             )
 
     def requeue_interrupted(self) -> int:
-        """Jobs a crash interrupted run again: PROCESSING series go back to STABLE."""
+        """At start-up: the jobs this process's node id was running when it died run again,
+        and so do any whose lease ran out; another process's live claims are left alone."""
+        return self._release(
+            "(owner IS NULL OR owner = ? OR lease_until IS NULL "
+            f"OR lease_until < {self.dialect.epoch})",
+            (self.node_id,),
+        )
+
+    def expire_leases(self) -> int:
+        """Jobs whose owner stopped renewing its lease (died, hung, cut off) are queued
+        again, their series back to STABLE; returns how many."""
+        return self._release(f"(lease_until IS NULL OR lease_until < {self.dialect.epoch})", ())
+
+    def _release(self, which: str, params: tuple[Any, ...]) -> int:
         now = utc_now()
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE series SET state = 'STABLE', state_changed = ? WHERE state = 'PROCESSING'",
-                (now,),
+                "UPDATE series SET state = 'STABLE', state_changed = ? WHERE state = "
+                "'PROCESSING' AND series_uid IN (SELECT j.series_uid FROM jobs j WHERE "
+                f"j.state = 'running' AND j.revision = series.revision AND {which})",
+                (now, *params),
             )
-            return conn.execute(
-                "UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'running'", (now,)
-            ).rowcount
+            released = conn.execute(
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
+                f"updated = ? WHERE state = 'running' AND {which} RETURNING id, series_uid",
+                (now, *params),
+            ).fetchall()
+        for row in released:
+            log.warning(
+                "job %s for series %s: its claim ended without a result, queued again",
+                row[0],
+                uid_hash(row[1]),
+            )
+        return len(released)
+
+    def renew_leases(self) -> int:
+        """The heartbeat: this process still works on the jobs it holds; returns how many."""
+        with self.transaction() as conn:
+            return int(
+                conn.execute(
+                    f"UPDATE jobs SET lease_until = {self.dialect.epoch} + ? "
+                    "WHERE state = 'running' AND owner = ?",
+                    (self.lease, self.node_id),
+                ).rowcount
+            )
+
+    def holds(self, job: Job) -> bool:
+        """Whether ``job``'s claim is still the job's (a worker gives up early when not)."""
+        rows = self.query(
+            "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND owner = ? AND claims = ?",
+            (job.id, self.node_id, job.claim),
+        )
+        return bool(rows)
+
+    def _holds(self, conn: Tx, job: Job) -> bool:
+        row = conn.execute(
+            "SELECT state, owner, claims FROM jobs WHERE id = ?" + self.dialect.lock, (job.id,)
+        ).fetchone()
+        return bool(row and row[0] == "running" and row[1] == self.node_id and row[2] == job.claim)
 
     def claim_job(self) -> Job | None:
         """The oldest queued job whose study has no series still receiving (selection
-        needs the whole study): job ``running``, series PROCESSING, only if the series
-        still has the job's revision (else the job is superseded and the next one tried)."""
+        needs the whole study): job ``running`` under this node's lease, series PROCESSING,
+        only if the series still has the job's revision (else the job is superseded and the
+        next one tried). Concurrent claims on PostgreSQL skip each other's rows."""
         while True:
             with self.transaction() as conn:
                 row = conn.execute(
                     "SELECT id, series_uid, study_uid, revision, deliver FROM jobs j "
                     "WHERE state = 'queued' "
                     "AND NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = j.study_uid "
-                    "AND s.state = 'RECEIVING') ORDER BY id LIMIT 1"
+                    "AND s.state = 'RECEIVING') ORDER BY id LIMIT 1" + self.dialect.skip_locked
                 ).fetchone()
                 if row is None:
                     return None
-                job = Job(row[0], row[1], row[2], row[3], bool(row[4]))
                 claimed = conn.execute(
                     "UPDATE series SET state = 'PROCESSING', state_changed = ? "
                     "WHERE series_uid = ? AND revision = ? AND state = 'STABLE'",
-                    (utc_now(), job.series_uid, job.revision),
+                    (utc_now(), row[1], row[3]),
                 ).rowcount
-                state = "running" if claimed else "superseded"
-                conn.execute(
-                    "UPDATE jobs SET state = ?, updated = ? WHERE id = ?",
-                    (state, utc_now(), job.id),
-                )
+                if claimed:
+                    (claim,) = conn.execute(
+                        "UPDATE jobs SET state = 'running', owner = ?, lease_until = "
+                        f"{self.dialect.epoch} + ?, claims = claims + 1, updated = ? "
+                        "WHERE id = ? RETURNING claims",
+                        (self.node_id, self.lease, utc_now(), row[0]),
+                    ).fetchone()
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET state = 'superseded', updated = ? WHERE id = ?",
+                        (utc_now(), row[0]),
+                    )
             if claimed:
-                return job
+                return Job(row[0], row[1], row[2], row[3], bool(row[4]), int(claim))
 
     def study_files(self, job: Job) -> list[str]:
         """Paths (under the store) of the instances of the job's study that selection may
@@ -122,7 +198,7 @@ class JobQueries(Connection):
             for r in self.query(
                 "SELECT i.path FROM instances i JOIN series s ON s.series_uid = i.series_uid "
                 "WHERE s.study_uid = ? AND (s.state != 'RECEIVING' OR s.series_uid = ?) "
-                "ORDER BY i.series_uid, i.instance_number, i.path",
+                "ORDER BY i.series_uid, i.instance_number NULLS FIRST, i.path",
                 (job.study_uid, job.series_uid),
             )
         ]
@@ -146,21 +222,35 @@ class JobQueries(Connection):
         objects: Sequence[ResultObject],
         destinations: Callable[[], Sequence[str]],
         now: float,
-    ) -> None:
+    ) -> bool:
         """In one transaction: the result row, the job done, the series in ``state`` and a
         delivery per object per destination (when the job delivers). A series that changed
-        while the job ran keeps its state: the job and its result are superseded."""
+        while the job ran keeps its state: the job and its result are superseded. A claim
+        that is no longer the job's (its lease ran out and the job was queued again) commits
+        nothing: False, and the refusal is logged."""
         stamp = utc_now()
         with self.transaction() as conn:
+            if not self._holds(conn, job):
+                log.warning(
+                    "job %s for series %s: late result refused (its lease ran out, the job "
+                    "was queued again)",
+                    job.id,
+                    uid_hash(job.series_uid),
+                    extra={"cid": f"job{job.id}"},
+                )
+                return False
             current = conn.execute(
                 "SELECT 1 FROM series WHERE series_uid = ? AND revision = ? "
-                "AND state = 'PROCESSING'",
+                "AND state = 'PROCESSING'" + self.dialect.lock,
                 (job.series_uid, job.revision),
             ).fetchone()
             job_state = "done" if current else "superseded"
             conn.execute(
-                "INSERT OR REPLACE INTO results (job_id, series_uid, study_uid, state, reason, "
-                "result_json, timings_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO results (job_id, series_uid, study_uid, state, reason, "
+                "result_json, timings_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, "
+                "reason = excluded.reason, result_json = excluded.result_json, "
+                "timings_json = excluded.timings_json, created = excluded.created",
                 (
                     job.id,
                     job.series_uid,
@@ -173,14 +263,16 @@ class JobQueries(Connection):
                 ),
             )
             conn.execute(
-                "UPDATE jobs SET state = ?, reason = ?, updated = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, reason = ?, owner = NULL, lease_until = NULL, "
+                "updated = ? WHERE id = ?",
                 (job_state, reason, stamp, job.id),
             )
             if not current:
-                return
+                return True
             conn.execute(
                 "UPDATE series SET state = ?, reason = ?, state_changed = ? WHERE series_uid = ?",
                 (state, reason, stamp, job.series_uid),
             )
             if objects and job.deliver:
                 enqueue(conn, job.id, job.series_uid, objects, destinations(), now)
+        return True

@@ -5,8 +5,11 @@
 cycle, ``SeriesState``); ``refusals`` what it refused. ``jobs`` is the analysis queue
 (queued -> running -> done | superseded), ``results`` one row per finished job (the legacy
 JSON and timings), ``outbox`` one row per result object per destination (PENDING -> DONE |
-FAILED). Columns a header may lack are NULL. UIDs are stored in full; patients are keyed by
-a hash (``instances._patient_key``), so no key carries PHI.
+FAILED); ``nodes`` one row per serving process (role, heartbeat). Jobs and outbox rows carry
+the lease of the process working on them. Columns a header may lack are NULL. UIDs are
+stored in full; patients are keyed by a hash (``instances._patient_key``), so no key carries
+PHI. On PostgreSQL the same tables come from ``node/index/migrations/*.sql``
+(tests/test_postgres_index.py checks that the two agree).
 """
 
 from __future__ import annotations
@@ -125,9 +128,12 @@ TABLES: dict[str, Table] = {
             "created": str,
             "updated": str,
             "deliver": int,  # 0: results stay on the node (an upload that did not ask)
+            "owner": str,  # the node id of the process running it
+            "lease_until": float,  # epoch seconds (the database's clock) its claim ends
+            "claims": int,  # counts claims: a result is committed only by the latest
         },
         pk="id",
-        defaults={"deliver": 1},
+        defaults={"deliver": 1, "claims": 0},
     ),
     "refusals": Table(
         {
@@ -157,8 +163,23 @@ TABLES: dict[str, Table] = {
             "last_status": int,
             "reason": str,
             "updated": str,
+            "owner": str,  # the node id of the sender sending it now
+            "lease_until": float,
         },
         pk="id",
+    ),
+    "nodes": Table(
+        {
+            "node_id": str,
+            "role": str,  # receiver, worker, sender, api, all
+            "host": str,
+            "pid": int,
+            "version": str,
+            "started_epoch": float,
+            "heartbeat_epoch": float,
+            "state": str,  # running, stopped
+        },
+        pk="node_id",
     ),
     "results": Table(
         {
@@ -186,8 +207,8 @@ INDEXES: tuple[tuple[str, str], ...] = (
 
 
 def create(db: Any) -> None:
-    """Create what is missing in the ``sqlite_utils.Database`` ``db``; an index from before
-    0.2 gets the ``jobs.deliver`` column."""
+    """Create what is missing in the ``sqlite_utils.Database`` ``db``; an index from an
+    earlier version gets the columns added since (``jobs.deliver``, the leases)."""
     for name, table in TABLES.items():
         db.table(name).create(
             table.columns,
@@ -196,7 +217,10 @@ def create(db: Any) -> None:
             defaults=table.defaults or None,
             if_not_exists=True,
         )
-        if name == "jobs" and "deliver" not in db.table("jobs").columns_dict:
-            db.table("jobs").add_column("deliver", int, not_null_default=1)
+        existing = db.table(name).columns_dict
+        for column, kind in table.columns.items():
+            if column not in existing:
+                default = table.defaults.get(column)
+                db.table(name).add_column(column, kind, not_null_default=default)
     for table_name, column in INDEXES:
         db.table(table_name).create_index([column], if_not_exists=True)
