@@ -55,17 +55,21 @@ CASES = ("fast", "full", "full-part")
 #   in the five parts (class_map_5_parts).
 # - Fast model (Dataset297_TotalSegmentator_total_3mm_1559subj): patch [112, 112, 128] at
 #   3.0 mm, stated in three independent places: github.com/msahamed/total_segmentaor_optimization
-#   docs/fast_model_pipeline.md ("Patch Size: [112, 112, 128]", "PlainConvUNet"); the benchmark
-#   script of the Tucker-decomposition study of this model (Weber, Dexl et al., arXiv
-#   2404.09683; patch_size (1, 112, 112, 128) for Dataset297 ...4000epochs_NoMirroring); and
+#   docs/fast_model_pipeline.md ("Patch Size: [112, 112, 128]", "PlainConvUNet"); the
+#   benchmark script of the Tucker-decomposition study of this model (tuckercnn; Weber, Dexl
+#   et al., arXiv 2404.09683: patch_size (1, 112, 112, 128) for the folder
+#   Dataset297_.../nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres); and
 #   medfilm-ai.pages.dev custom_ops_totalseg/sliding.html ("patch D (112)" for task 297).
 #   Widths 32 doubling to a cap of 320, two convolutions per stage in encoder and decoder,
-#   five stages, strides [1,2,2,2,2], 3x3x3 kernels: a Rust reader of TotalSegmentator's
-#   plans files describes its released models' plans in the pre-2.2 format with exactly these
-#   values (UNet_base_num_features 32, unet_max_num_features 320, n_conv_per_stage_encoder
-#   [2]*5, pool_op_kernel_sizes [[1,1,1]]+[[2,2,2]]*4) - and nnU-Net's own planner
-#   (nnunetv2 experiment_planning network_topology.get_pool_and_conv_props at 3 mm, minimum
-#   bottleneck edge 4) derives the same strides and kernels from that patch.
+#   five stages, strides [1,2,2,2,2], 3x3x3 kernels: third-party only - a Rust reader of
+#   TotalSegmentator's plans files (found by the code search, its repository not named there)
+#   tests its pre-2.2-format parser, the format "every TotalSegmentator model released up to
+#   v2.5" uses by its comment, on exactly these values with that patch and 3 mm spacing
+#   (UNet_base_num_features 32, unet_max_num_features 320, n_conv_per_stage_encoder [2]*5,
+#   pool_op_kernel_sizes [[1,1,1]]+[[2,2,2]]*4); nnU-Net's own planner (nnunetv2
+#   experiment_planning network_topology.get_pool_and_conv_props at 3 mm, minimum bottleneck
+#   edge 4) derives the same strides and kernels from that patch, and 32..320 with two
+#   convolutions per stage are nnU-Net's defaults.
 # - Full models (Datasets 291-295, 1.5 mm): NOT FOUND in any public source reachable here. The
 #   patch [128, 128, 128] is ESTIMATED: nnU-Net's default planner's usual 3d_fullres patch for
 #   large isotropic CT; from it the planner derives six stages, strides [1,2,2,2,2,2], 3x3x3
