@@ -168,8 +168,7 @@ def child(case: str, results: Path, threads: int) -> dict[str, Any]:
     quantitative.QuantitativeAnalyzer(sharp_kernel=False).analyze(volume)
     times["quantitative analysis (reference)"] = time.perf_counter() - t0
     rss_reference = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    home = Path(tempfile.mkdtemp(prefix="totalseg-home-"))
-    point_at(results, home)
+    point_at(results, results.parent.parent / "home")  # in the parent's temporary folder
     load_before = os.getloadavg()
     with TreePss(os.getpid()) as pss:
         t0 = time.perf_counter()
