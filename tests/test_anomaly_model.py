@@ -14,7 +14,7 @@ pytest.importorskip("torch", reason="torch (the 'neural' extra) is not installed
 import numpy as np
 import torch
 
-from inference.anomaly.checkpoint import CheckpointError, load_classifier, load_unet
+from inference.anomaly.checkpoint import load_classifier, load_unet
 from inference.anomaly.diffusion import (
     Schedule,
     anomaly_map,
@@ -24,6 +24,7 @@ from inference.anomaly.diffusion import (
     space_timesteps,
 )
 from inference.anomaly.model import Classifier, ClassifierConfig, UNet, UNetConfig
+from inference.strict import CheckpointError
 from tests.conftest import MODELS
 
 TINY = MODELS / "diffusion-anomaly-tiny-reference"

@@ -12,11 +12,7 @@ pytest.importorskip("torch", reason="torch (the 'neural' extra) is not installed
 
 import torch
 
-from inference.ctclip.checkpoint import (
-    CheckpointError,
-    detect_kind,
-    load_checkpoint,
-)
+from inference.ctclip.checkpoint import detect_kind, load_checkpoint
 from inference.ctclip.model import (
     CTCLIP,
     BertConfig,
@@ -25,6 +21,7 @@ from inference.ctclip.model import (
     CTCLIPConfig,
     CTViTConfig,
 )
+from inference.strict import CheckpointError
 from tests.conftest import MODELS
 
 TINY = MODELS / "ctclip-tiny-reference"

@@ -20,13 +20,13 @@ from inference.fvlm.checkpoint import (
     LACKED_KEYS,
     MLM_DECODER,
     POSITION_IDS,
-    CheckpointError,
     load_checkpoint,
     load_state,
 )
 from inference.fvlm.model import FVLM, FVLMConfig
 from inference.fvlm.preprocess import Window, organ_windows
 from inference.fvlm.results import ORGANS
+from inference.strict import CheckpointError
 from tests.conftest import MODELS
 
 TINY = MODELS / "fvlm-tiny-reference"

@@ -17,14 +17,9 @@ import torch
 from torch import nn
 
 from inference.mednext.card import VARIANTS
-from inference.mednext.checkpoint import (
-    CheckpointError,
-    encoder_state,
-    load_encoder,
-    load_strict,
-    read,
-)
+from inference.mednext.checkpoint import encoder_state, load_encoder, load_strict, read
 from inference.mednext.model import MedNeXt, MedNeXtClassifier, MedNeXtConfig
+from inference.strict import CheckpointError
 from tests.conftest import MODELS
 
 TINY = MODELS / "mednext-tiny-reference"

@@ -20,9 +20,10 @@ import torch
 import config
 from inference.mednext.analyzer import load
 from inference.mednext.card import ModelCard
-from inference.mednext.checkpoint import CheckpointError, read
+from inference.mednext.checkpoint import read
 from inference.mednext.model import MedNeXt, MedNeXtConfig, classifier_for
 from inference.mednext.preprocess import preprocess
+from inference.strict import CheckpointError
 from inference.weights_store import find, read_manifest, status
 from tests.mednext_synthetic import LABELS, SPACING, dataset, tiny_card
 from training.labels import LabelError

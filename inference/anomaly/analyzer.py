@@ -29,12 +29,13 @@ from config import AnomalySettings, NeuralSettings
 from inference.analyzer import NotRunHere, Segmented
 from inference.anomaly import maps as anomaly_maps
 from inference.anomaly.card import CardError, ModelCard
-from inference.anomaly.checkpoint import CheckpointError, load_classifier, load_unet
+from inference.anomaly.checkpoint import load_classifier, load_unet
 from inference.anomaly.diffusion import Schedule, anomaly_map, linear_betas, network_evaluations
 from inference.anomaly.model import Classifier, ClassifierConfig, UNet, UNetConfig
 from inference.anomaly.results import CODE_VERSION, NAME, TITLE, to_result
 from inference.device import pick_device
 from inference.findings import AnalyzerResult, SliceMap
+from inference.strict import CheckpointError
 from inference.weights_store import ModelEntry
 
 log = logging.getLogger(__name__)

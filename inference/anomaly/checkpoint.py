@@ -12,14 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from inference.anomaly.model import Classifier, ClassifierConfig, UNet, UNetConfig
-
-
-class CheckpointError(ValueError):
-    """A file that is not a state dict of the expected network; ``reason`` is a short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+from inference.strict import CheckpointError, check_layout
 
 
 def read_state(path: Path) -> dict[str, Tensor]:
@@ -37,22 +30,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None
     """Load ``state`` strictly into ``model`` (as float32), naming what does not match;
     ``model`` may be on the meta device: its tensors become the file's."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            "key-mismatch",
-            f"{what}: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
-        )
-    shapes = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if shapes:
-        k = shapes[0]
-        raise CheckpointError(
-            "shape-mismatch",
-            f"{what}: {len(shapes)} tensors differ, e.g. {k} {tuple(state[k].shape)} "
-            f"!= {tuple(own[k].shape)}",
-        )
+    check_layout(own, state, what)
     tensors = {k: v.float().contiguous() for k, v in state.items()}
     model.load_state_dict(tensors, strict=True, assign=True)
 

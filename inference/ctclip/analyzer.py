@@ -16,11 +16,12 @@ import logging
 from pathlib import Path
 
 from config import NeuralSettings
-from inference.ctclip.checkpoint import CheckpointError, Kind, load_checkpoint
+from inference.ctclip.checkpoint import Kind, load_checkpoint
 from inference.ctclip.model import CTCLIP, ClassFine, CTCLIPConfig
 from inference.ctclip.results import CODE_VERSION, SUPERVISED
 from inference.ctclip.scoring import CTCLIPScorer, text_latents
 from inference.device import pick_device
+from inference.strict import CheckpointError
 from inference.weights_store import ModelEntry
 
 log = logging.getLogger(__name__)

@@ -15,18 +15,11 @@ import torch
 from torch import Tensor
 
 from inference.ctclip.model import CTCLIP, ClassFine, CTCLIPConfig
+from inference.strict import CheckpointError, check_layout
 
 Kind = Literal["base", "classfine"]
 POSITION_IDS = "text_transformer.embeddings.position_ids"
 CLASSFINE_PREFIX = "trained_model."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the published layout; ``reason`` is a short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 def detect_kind(state: Mapping[str, Tensor]) -> Kind:
@@ -52,22 +45,7 @@ def load_state(model: CTCLIP | ClassFine, state: Mapping[str, Tensor]) -> CTCLIP
     prefix = CLASSFINE_PREFIX if isinstance(model, ClassFine) else ""
     _drop_position_ids(work, prefix)
     own = model.state_dict()
-    missing = sorted(set(own) - set(work))
-    unexpected = sorted(set(work) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            "key-mismatch",
-            f"{len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
-        )
-    wrong = [k for k, v in work.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(
-            "shape-mismatch",
-            f"{len(wrong)} keys with wrong shape, e.g. {k} {tuple(work[k].shape)} "
-            f"!= {tuple(own[k].shape)}",
-        )
+    check_layout(own, work)
     model.load_state_dict(work, strict=True, assign=True)
     base = model.trained_model if isinstance(model, ClassFine) else model
     emb = base.text_transformer.embeddings

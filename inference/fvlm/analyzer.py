@@ -18,12 +18,13 @@ from pathlib import Path
 from config import NeuralSettings
 from inference.ctclip.scoring import cached_text_latents
 from inference.device import pick_device
-from inference.fvlm.checkpoint import CheckpointError, load_checkpoint
+from inference.fvlm.checkpoint import load_checkpoint
 from inference.fvlm.model import FVLM, FVLMConfig
 from inference.fvlm.organs import ANALYZER as TOTALSEG
 from inference.fvlm.organs import OrganSegmenter, OrgansError, point_at, unpack, weights_root
 from inference.fvlm.results import CODE_VERSION, prompts
 from inference.fvlm.scoring import FVLMScorer
+from inference.strict import CheckpointError
 from inference.weights_store import ModelEntry, WeightsError, read_manifest, status
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from inference.fvlm.model import FVLM, FVLMConfig
+from inference.strict import CheckpointError, check_layout
 
 POSITION_IDS = "text_encoder.embeddings.position_ids"
 TOKEN_TYPES = "text_encoder.embeddings.token_type_embeddings.weight"
@@ -42,14 +43,6 @@ LACKED_KEYS = (
     "text_encoder.cls.predictions.transform.LayerNorm.weight",
     "text_encoder.cls.predictions.transform.LayerNorm.bias",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the published layout; ``reason`` is a short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 def _mlm_shapes(cfg: FVLMConfig) -> dict[str, tuple[int, ...]]:
@@ -99,22 +92,7 @@ def load_state(model: FVLM, state: Mapping[str, Tensor]) -> FVLM:
     work = dict(state)
     _drop_documented(work, model.cfg)
     own = model.state_dict()
-    missing = sorted(set(own) - set(work))
-    unexpected = sorted(set(work) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            "key-mismatch",
-            f"{len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
-        )
-    wrong = [k for k, v in work.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(
-            "shape-mismatch",
-            f"{len(wrong)} keys with wrong shape, e.g. {k} {tuple(work[k].shape)} "
-            f"!= {tuple(own[k].shape)}",
-        )
+    check_layout(own, work)
     model.load_state_dict(work, strict=True, assign=True)
     emb = model.text_encoder.embeddings
     emb.position_ids = torch.arange(emb.position_embeddings.num_embeddings).reshape(1, -1)

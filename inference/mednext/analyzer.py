@@ -26,10 +26,11 @@ from inference.analyzer import Segmented
 from inference.device import pick_device
 from inference.findings import AnalyzerResult
 from inference.mednext.card import CardError, ModelCard
-from inference.mednext.checkpoint import CheckpointError, load_strict, read
+from inference.mednext.checkpoint import load_strict, read
 from inference.mednext.model import MedNeXtClassifier, classifier_for
 from inference.mednext.preprocess import preprocess
 from inference.mednext.results import CODE_VERSION, NAME, to_result
+from inference.strict import CheckpointError
 from inference.weights_store import ModelEntry, cached_sha256
 
 log = logging.getLogger(__name__)

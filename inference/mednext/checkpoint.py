@@ -21,17 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from inference.mednext.model import DECODER_PREFIXES, ENCODER_PREFIXES
+from inference.strict import CheckpointError, check_layout
 
 TRAINER_KEYS = ("epoch", "state_dict")
 DDP_PREFIX = "module."
-
-
-class CheckpointError(ValueError):
-    """Weights that are not a MedNeXt checkpoint we can use; ``reason`` is a short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 def _describe(obj: object) -> str:
@@ -89,22 +82,7 @@ def read(path: Path) -> tuple[dict[str, Tensor], str]:
 def load_strict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Load ``state`` into ``model``, every key and shape matching, naming what differs."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            "key-mismatch",
-            f"{len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
-        )
-    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(
-            "shape-mismatch",
-            f"{len(wrong)} keys with wrong shape, e.g. {k} {tuple(state[k].shape)} != "
-            f"{tuple(own[k].shape)} (another variant, kernel size or label count?)",
-        )
+    check_layout(own, state, "", "another variant, kernel size or label count?")
     model.load_state_dict(state, strict=True)
 
 
