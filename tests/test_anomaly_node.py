@@ -6,7 +6,6 @@ procedure was reduced."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -35,21 +34,10 @@ from reporting.render import neural_lines, not_run_line
 from tests.anomaly_store import make_store
 from tests.conftest import ctnode_command, subprocess_env
 from tests.http_node import make_node
+from tests.neural_node import settings_for, sr_texts
 from tests.phantoms import chest_phantom
 from tests.test_predict import get, post, zip_files
 from tests.test_sr import dciodvfy
-
-_TEXT = {"TextValue", "CodeValue", "CodeMeaning", "AlgorithmVersion"}
-
-
-def _settings(store: Path, **anomaly: object) -> config.Settings:
-    base = config.load(None, {})
-    neural = dataclasses.replace(
-        base.neural,
-        weights_dir=str(store),
-        anomaly=dataclasses.replace(base.neural.anomaly, **anomaly),  # type: ignore[arg-type]
-    )
-    return dataclasses.replace(base, neural=neural)
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +55,11 @@ def volume(files: list[Path]) -> Volume:
     return load_series(files)
 
 
-def _texts(path: Path) -> set[str]:
-    return {str(e.value) for e in pydicom.dcmread(path).iterall() if e.keyword in _TEXT}
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the full mode runs")
 def test_without_a_gpu_the_full_procedure_does_not_run_and_says_why(
     store: Path, volume: Volume, files: list[Path], tmp_path: Path
 ) -> None:
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     state = {s.name: s for s in built.states}[NAME]
     assert not state.enabled and not state.fault
     assert "no GPU" in state.reason and "1,500 network evaluations" in state.reason
@@ -87,18 +71,19 @@ def test_without_a_gpu_the_full_procedure_does_not_run_and_says_why(
     result = json.loads(out.json.read_text())
     not_run = {a["analyzer"]: a["reason"] for a in result["analyzers_not_run"]}
     assert not_run[NAME] == state.reason
-    assert f"{NAME}: {state.reason}" in _texts(out.sr)
+    assert f"{NAME}: {state.reason}" in sr_texts(out.sr)
     assert f"{NAME} (not run: no GPU on this node" in not_run_line(analysis)
 
 
 def test_off_is_said_too(store: Path) -> None:
-    state = {s.name: s for s in ensemble.build(_settings(store, mode="off")).states}[NAME]
+    state = {s.name: s for s in ensemble.build(settings_for(store, mode="off")).states}[NAME]
     assert not state.enabled and state.reason == 'not run: [neural.anomaly] mode = "off"'
 
 
 @pytest.fixture(scope="module")
 def reduced(store: Path, volume: Volume) -> tuple[ensemble.Ensemble, Analysis]:
-    built = ensemble.build(_settings(store, mode="reduced", reduced_steps=8, reduced_max_slices=3))
+    settings = settings_for(store, mode="reduced", reduced_steps=8, reduced_max_slices=3)
+    built = ensemble.build(settings)
     return built, built.run(volume, sharp_kernel=False)
 
 
@@ -151,7 +136,7 @@ def test_reduced_mode_outputs_are_valid_and_say_it_is_reduced(
     out = write_outputs(analysis, volume, sources, tmp_path / "out")
 
     sr = pydicom.dcmread(out.sr)
-    texts = _texts(out.sr)
+    texts = sr_texts(out.sr)
     assert "CTN-0400" in texts and result.version in texts  # the group and TID 4019 version
     assert f"{NAME}: {shown_note(analysis)}" in texts  # the reduced procedure, in words
     coordinates = [e for e in sr.iterall() if e.keyword == "GraphicType" and e.value == "POINT"]

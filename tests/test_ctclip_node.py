@@ -18,7 +18,6 @@ import numpy as np
 import pydicom
 import torch
 
-import config
 from inference import ensemble
 from inference import weights_store as weights
 from inference.ctclip.analyzer import load
@@ -37,19 +36,11 @@ from reporting.render import neural_lines, not_run_line
 from tests.conftest import REPO, ctnode_command, subprocess_env
 from tests.ctclip_store import TINY, make_store, tiny_state, vocab_file
 from tests.http_node import make_node
+from tests.neural_node import settings_for, sr_texts
 from tests.phantoms import chest_phantom
 from tests.test_predict import get, post, zip_files
 from tests.test_sr import dciodvfy
 from training.extract import Unit, extract
-
-_TEXT_KEYWORDS = {"TextValue", "CodeValue", "CodeMeaning"}
-
-
-def _settings(store: Path) -> config.Settings:
-    base = config.load(None, {})
-    return dataclasses.replace(
-        base, neural=dataclasses.replace(base.neural, weights_dir=str(store))
-    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +63,7 @@ def _states(built: ensemble.Ensemble) -> dict[str, tuple[bool, str]]:
 
 
 def test_registered_checkpoints_join_the_ensemble(store: Path, volume: Volume) -> None:
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     assert built.names == ("quantitative", "ctclip", "ctclip-supervised")
     states = _states(built)
     assert states["ctclip"][0] and "tiny-ct-clip" in states["ctclip"][1]
@@ -108,13 +99,13 @@ def test_registered_checkpoints_join_the_ensemble(store: Path, volume: Volume) -
     names = schema.names
     neural = [i for i, n in enumerate(names) if n.startswith("ctclip")]
     assert len(neural) == 36 and not np.isnan(row[neural]).any()
-    assert ensemble.planned_schema(_settings(store)).names == names
+    assert ensemble.planned_schema(settings_for(store)).names == names
 
 
 def test_rule_based_fusion_reads_only_the_analyzers_it_is_told_to(
     store: Path, volume: Volume
 ) -> None:
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     default = built.run(volume, sharp_kernel=False, fusion=RuleBasedFusion(0.5))
     quant_only = RuleBasedFusion(0.5).fuse(default.results[:1])
     assert default.fusion == quant_only
@@ -129,7 +120,7 @@ def test_rule_based_fusion_reads_only_the_analyzers_it_is_told_to(
 def test_outputs_carry_the_ctclip_results(
     store: Path, files: list[Path], volume: Volume, tmp_path: Path
 ) -> None:
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     analysis = built.run(volume, sharp_kernel=False)
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     out = write_outputs(analysis, volume, sources, tmp_path / "out")
@@ -146,9 +137,7 @@ def test_outputs_carry_the_ctclip_results(
         zero_shot.findings[7].score
     )
 
-    values = {
-        str(e.value) for e in pydicom.dcmread(out.sr).iterall() if e.keyword in _TEXT_KEYWORDS
-    }
+    values = sr_texts(out.sr)
     # the neural scores are text in the report's Qualitative Evaluations (no image shows
     # them), each with the model that gave it; each label is also present or absent (CODE)
     nodule = zero_shot.findings[9]
@@ -167,7 +156,7 @@ def test_outputs_carry_the_ctclip_results(
 
 def test_weights_that_cannot_run_disable_their_analyzer_only(tmp_path: Path) -> None:
     store = make_store(tmp_path / "weights", vocab=False)
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     states = {s.name: s for s in built.states}
     assert not states["ctclip"].enabled and states["ctclip"].fault
     assert (
@@ -184,12 +173,12 @@ def test_weights_that_cannot_run_disable_their_analyzer_only(tmp_path: Path) -> 
         analyzer="ctclip-supervised",
         architecture=store / "tiny-ctclip.json",
     )
-    states = {s.name: s for s in ensemble.build(_settings(store)).states}
+    states = {s.name: s for s in ensemble.build(settings_for(store)).states}
     assert not states["ctclip-supervised"].enabled
     assert "wrong-kind" in states["ctclip-supervised"].reason
 
     # a name in [neural] models that is not registered is a fault, not a silent fallback
-    settings = _settings(store)
+    settings = settings_for(store)
     settings = dataclasses.replace(
         settings, neural=dataclasses.replace(settings.neural, models=("ct-clip-v3",))
     )
@@ -337,7 +326,7 @@ def test_on_cuda_bf16_stays_within_1e_2_of_the_cpu(store: Path, volume: Volume) 
     with torch.no_grad():
         image = model.image_latents(x[None])
         cpu = model.logits(latents, image)[:, 0].reshape(18, 2).softmax(-1)[:, 0]
-    settings = dataclasses.replace(_settings(store).neural, bf16_autocast=True)
+    settings = dataclasses.replace(settings_for(store).neural, bf16_autocast=True)
     on_gpu = load(store, entry, settings)
     assert on_gpu.device.type == "cuda" and on_gpu.autocast_bf16
     gpu = on_gpu.probabilities_from_input(preprocess(volume, (40, 80, 80), on_gpu.device))
@@ -349,7 +338,7 @@ def test_a_classfine_head_on_the_same_encoder_shares_its_pass(
     frozen: bool, volume: Volume, tmp_path: Path
 ) -> None:
     store = make_store(tmp_path / "weights", frozen_encoder=frozen)
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     zero_shot, supervised = built.neural
     assert isinstance(zero_shot, CTCLIPScorer) and isinstance(supervised, CTCLIPScorer)
     assert (supervised.encoder is zero_shot) is frozen
@@ -368,12 +357,12 @@ def test_feature_extraction_with_ctclip_caches_each_analyzer(store: Path, tmp_pa
     chest_phantom(tmp_path / "a", "features-a", lesion_mm=25.0)
     chest_phantom(tmp_path / "b", "features-b")
     units = [Unit("a", path=tmp_path / "a"), Unit("b", path=tmp_path / "b")]
-    table, summary = extract(units, _settings(store), cache_dir=tmp_path / "cache", jobs=2)
+    table, summary = extract(units, settings_for(store), cache_dir=tmp_path / "cache", jobs=2)
     assert summary.analysed == 2
     assert table.schema.version == "quantitative-2+ctclip-1+ctclip-supervised-1"
     column = table.schema.names.index(feature_name("ctclip-supervised", "Consolidation"))
     assert not np.isnan(table.values[:, column]).any()
     assert len(list((tmp_path / "cache").glob("*.json"))) == 6  # 2 series x 3 analyzers
-    again, summary = extract(units, _settings(store), cache_dir=tmp_path / "cache")
+    again, summary = extract(units, settings_for(store), cache_dir=tmp_path / "cache")
     assert summary.cached == 2
     assert np.array_equal(again.values, table.values, equal_nan=True)

@@ -22,7 +22,6 @@ import numpy.typing as npt
 import pydicom
 import torch
 
-import config
 from inference import ensemble
 from inference import weights_store as weights
 from inference.analyzer import Segmented
@@ -51,19 +50,12 @@ from tests.fvlm_store import (
     tiny_state,
     vocab_file,
 )
+from tests.neural_node import settings_for, sr_texts
 from tests.phantoms import chest_phantom
 from tests.test_sr import dciodvfy
 from tests.totalseg_weights import write_archive
 
 LUNG = ORGAN_LABELS["lung"]
-_TEXT_KEYWORDS = {"TextValue", "CodeValue", "CodeMeaning"}
-
-
-def _settings(store: Path) -> config.Settings:
-    base = config.load(None, {})
-    return dataclasses.replace(
-        base, neural=dataclasses.replace(base.neural, weights_dir=str(store))
-    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +75,7 @@ def volume(files: list[Path]) -> Volume:
 
 @pytest.fixture(scope="module")
 def built(store: Path) -> ensemble.Ensemble:
-    return ensemble.build(_settings(store))
+    return ensemble.build(settings_for(store))
 
 
 def test_registered_fvlm_scores_the_lungs_on_the_node_mask(
@@ -154,9 +146,7 @@ def test_outputs_say_lung_only(
     (line,) = neural_lines(analysis)
     assert line.startswith(f"fVLM zero-shot ({LUNG_ONLY}; not calibrated): ")
 
-    values = {
-        str(e.value) for e in pydicom.dcmread(out.sr).iterall() if e.keyword in _TEXT_KEYWORDS
-    }
+    values = sr_texts(out.sr)
     assert f"fvlm: {LUNG_ONLY}" in values
     assert any(v.startswith("fvlm: heart, esophagus, aorta not scored") for v in values)
     emphysema = next(f for f in fvlm.findings if f.label == "Emphysema")
@@ -184,7 +174,7 @@ def test_totalsegmentator_runs_on_the_store_weights_only(
     archive = write_archive(tmp_path / "totalseg-v2.zip")  # the fast model only
     entry = weights.register(store, archive, name="totalseg-v2", analyzer="totalsegmentator")
     # registered, but without the full mode's models: lung only, and the outputs say why
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     (scorer,) = built.segmented
     assert isinstance(scorer, FVLMScorer) and scorer.segmenter is None
     assert "Dataset291" in scorer.fallback and "never downloaded" in scorer.fallback
@@ -194,7 +184,7 @@ def test_totalsegmentator_runs_on_the_store_weights_only(
     assert result.notes[0] == LUNG_ONLY and "Dataset291" in result.notes[1]
 
     # the fast mode's model is there: TotalSegmentator is pointed at the store's copy
-    fast = _settings(store)
+    fast = settings_for(store)
     fast = dataclasses.replace(fast, neural=dataclasses.replace(fast.neural, organs_fast=True))
     built = ensemble.build(fast)
     root = store / f"totalseg-v2.unpacked-{entry.sha256[:16]}" / "nnunet" / "results"
@@ -235,7 +225,7 @@ def _half(volume: Volume, side: int) -> npt.NDArray[np.bool_]:
 
 def test_weights_without_a_vocabulary_or_cache_disable_fvlm_only(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", vocab=False)
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     states = {s.name: s for s in built.states}
     assert not states["fvlm"].enabled and states["fvlm"].fault
     assert "vocab" in states["fvlm"].reason
@@ -297,7 +287,7 @@ def test_a_site_registers_fvlm_and_totalsegmentator_with_the_cli(tmp_path: Path)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present here")
 def test_a_cuda_device_that_is_not_there_disables_fvlm_with_the_reason(store: Path) -> None:
-    settings = _settings(store)
+    settings = settings_for(store)
     settings = dataclasses.replace(
         settings, neural=dataclasses.replace(settings.neural, device="cuda")
     )

@@ -20,7 +20,6 @@ import numpy as np
 import pydicom
 import torch
 
-import config
 from inference import ensemble
 from inference.codes import finding_code
 from inference.loading import load_series
@@ -35,17 +34,9 @@ from reporting import write_outputs
 from reporting.render import neural_lines
 from tests.conftest import REPO, ctnode_command, subprocess_env
 from tests.mednext_store import LABELS, SITE_LABEL, make_store, phantom_card
+from tests.neural_node import settings_for, sr_texts
 from tests.phantoms import chest_phantom
 from tests.test_sr import dciodvfy
-
-_TEXT_KEYWORDS = {"TextValue", "CodeValue", "CodeMeaning"}
-
-
-def _settings(store: Path) -> config.Settings:
-    base = config.load(None, {})
-    return dataclasses.replace(
-        base, neural=dataclasses.replace(base.neural, weights_dir=str(store))
-    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +57,7 @@ def volume(files: list[Path]) -> Volume:
 def test_registered_weights_join_the_ensemble_as_a_segmented_analyzer(
     store: Path, volume: Volume
 ) -> None:
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     states = {s.name: s for s in built.states}
     assert states["mednext"].enabled and "tiny-mednext" in states["mednext"].reason
     assert built.names == ("quantitative", "mednext")
@@ -106,13 +97,13 @@ def test_registered_weights_join_the_ensemble_as_a_segmented_analyzer(
     assert values[feature_name("Pneumothorax")] == pytest.approx(got[LABELS.index("Pneumothorax")])
     assert sum(math.isnan(values[n]) for n in mednext) == 1
     assert feature_name(SITE_LABEL) not in values
-    assert ensemble.planned_schema(_settings(store)).names == schema.names
+    assert ensemble.planned_schema(settings_for(store)).names == schema.names
 
 
 def test_outputs_carry_the_mednext_results(
     store: Path, files: list[Path], volume: Volume, tmp_path: Path
 ) -> None:
-    analysis = ensemble.build(_settings(store)).run(volume, sharp_kernel=False)
+    analysis = ensemble.build(settings_for(store)).run(volume, sharp_kernel=False)
     result = analysis.results[1]
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     out = write_outputs(analysis, volume, sources, tmp_path / "out")
@@ -124,7 +115,7 @@ def test_outputs_carry_the_mednext_results(
     assert analyzers["mednext"]["weights_sha256"] == list(result.weights_sha256)
 
     sr = pydicom.dcmread(out.sr)
-    values = {str(e.value) for e in sr.iterall() if e.keyword in _TEXT_KEYWORDS}
+    values = sr_texts(sr)
     nodule = result.findings[LABELS.index("Lung nodule")]
     assert (
         f"Lung nodule: {nodule.score:.2f} (score, not calibrated, present at "
@@ -150,21 +141,21 @@ def test_outputs_carry_the_mednext_results(
 
 def test_weights_that_cannot_run_disable_mednext_with_the_reason(tmp_path: Path) -> None:
     no_card = make_store(tmp_path / "a", with_card=False)
-    state = {s.name: s for s in ensemble.build(_settings(no_card)).states}["mednext"]
+    state = {s.name: s for s in ensemble.build(settings_for(no_card)).states}["mednext"]
     assert not state.enabled and state.fault and "--card" in state.reason
 
     other = phantom_card(labels=LABELS[:5])  # a card that is not the weights'
     store = make_store(tmp_path / "b")
     card = store / "tiny-mednext.card.json"
     other.write(card)  # edited in place: its registered sha256 no longer matches
-    state = {s.name: s for s in ensemble.build(_settings(store)).states}["mednext"]
+    state = {s.name: s for s in ensemble.build(settings_for(store)).states}["mednext"]
     assert not state.enabled and state.fault
     assert "card tiny-mednext.card.json sha256" in state.reason
 
     manifest = store / "manifest.toml"  # registered as it is: it loads, and does not fit
     (entry,) = read_manifest(manifest)
     update_manifest(manifest, (dataclasses.replace(entry, card_sha256=sha256_file(card)),))
-    state = {s.name: s for s in ensemble.build(_settings(store)).states}["mednext"]
+    state = {s.name: s for s in ensemble.build(settings_for(store)).states}["mednext"]
     assert not state.enabled and "shape-mismatch" in state.reason and "head.weight" in state.reason
 
 
@@ -231,7 +222,7 @@ def test_a_site_trains_registers_and_runs_mednext_from_the_command_line(tmp_path
         timeout=300,
     )
     assert "mednext\tenabled\tweights verified (site-mednext)" in checked.stdout, checked.stdout
-    built = ensemble.build(_settings(store))
+    built = ensemble.build(settings_for(store))
     analysis = built.run(
         load_series(sorted((tmp_path / "study1").rglob("*.dcm"))), sharp_kernel=False
     )
