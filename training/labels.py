@@ -77,15 +77,7 @@ def normalise_id(text: str) -> str:
 def read_labels(path: Path, pathology: str | None = None, id_column: str | None = None) -> Labels:
     """Read a CT-RATE or ``study_uid,pathology`` CSV; ``pathology`` None means any
     abnormality. ``LabelError`` says which line or column is wrong."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in reader.fieldnames or []]
-            records = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LabelError(f"cannot read labels {path}: {exc}") from exc
-    if not header:
-        raise LabelError(f"{path.name} has no header row")
+    header, records = read_table(path)
     column = id_column_of(header, id_column, path.name)
     wanted = pathology or ANY
     ct_rate = all(label in header for label in CT_RATE_LABELS)
@@ -125,6 +117,21 @@ def read_labels(path: Path, pathology: str | None = None, id_column: str | None 
         y=tuple(ys),
         lines=tuple(lines),
     )
+
+
+def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A labels CSV's header and its rows with their line numbers; ``LabelError`` when the
+    file cannot be read or has no header."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in reader.fieldnames or []]
+            records = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelError(f"cannot read labels {path}: {exc}") from exc
+    if not header:
+        raise LabelError(f"{path.name} has no header row")
+    return header, records
 
 
 def id_column_of(header: Sequence[str], chosen: str | None, name: str) -> str:

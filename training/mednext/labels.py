@@ -10,7 +10,6 @@ identifiers.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from training.labels import ID_COLUMNS, LabelError, binary_label, id_column_of, normalise_id
+from training.labels import (
+    ID_COLUMNS,
+    LabelError,
+    binary_label,
+    id_column_of,
+    normalise_id,
+    read_table,
+)
 
 
 @dataclass(frozen=True)
@@ -36,15 +42,7 @@ def read_multilabels(
     path: Path, labels: Sequence[str] | None = None, id_column: str | None = None
 ) -> MultiLabels:
     """Read the CSV; ``LabelError`` names the missing column or the wrong line."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in reader.fieldnames or []]
-            records = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LabelError(f"cannot read labels {path}: {exc}") from exc
-    if not header:
-        raise LabelError(f"{path.name} has no header row")
+    header, records = read_table(path)
     column = id_column_of(header, id_column, path.name)
     if labels:
         missing = [lb for lb in labels if lb not in header]
