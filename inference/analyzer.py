@@ -90,7 +90,9 @@ class NeuralSpec:
     ``title`` as reports name it, its ``feature_set`` with a title per feature, where its
     loader lives (``module:function``, imported only when weights are registered) and
     whether it reads the quantitative segmentation's masks (``Analyzer[Segmented]``) or the
-    volume alone (``Analyzer[Volume]``)."""
+    volume alone (``Analyzer[Volume]``). ``probabilities`` is False for an analyzer whose
+    finding scores are not probabilities (the anomaly detector's calibrated score): the
+    legacy JSON then names them ``<analyzer>_scores``."""
 
     name: str
     title: str
@@ -98,6 +100,7 @@ class NeuralSpec:
     feature_titles: Mapping[str, str]
     loader: str
     needs_masks: bool = False
+    probabilities: bool = True
 
     def load(self, store: Path, entry: ModelEntry, settings: NeuralSettings) -> Analyzer[Any]:
         """The resident analyzer for ``entry``: imports the model code (and torch)."""

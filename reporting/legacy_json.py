@@ -9,7 +9,8 @@ results (``analyzers``, with the named ``features`` a fusion model reads, missin
 null) and the SOP Instance UIDs of the DICOM objects written for this result
 (``report_sop_instance_uids``). Every neural analyzer
 (``inference.neural``) has ``<analyzer>_probabilities``, its labels -> P(present), null
-when it did not run: ``ctclip_probabilities`` (and ``ctclip_supervised_probabilities`` for
+when it did not run (``<analyzer>_scores`` where its scores are not probabilities, as the
+anomaly detector's): ``ctclip_probabilities`` (and ``ctclip_supervised_probabilities`` for
 ClassFine) map the 18 CT-RATE labels to CT-CLIP's; ``analyzers_not_run`` says which
 analyzers of the ensemble gave no result and why.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from inference.feature_schema import json_ready
 from inference.findings import Analysis
-from inference.neural import TITLES as NEURAL_TITLES
+from inference.neural import SPECS
 
 LEGACY_FIELDS: tuple[str, ...] = (
     "study_uid",
@@ -89,7 +90,7 @@ def success(
             }
             for r in analysis.results
         ],
-        **{probabilities_key(name): _probabilities(analysis, name) for name in NEURAL_TITLES},
+        **{scores_key(s.name, s.probabilities): _scores(analysis, s.name) for s in SPECS},
         "analyzers_not_run": [{"analyzer": a, "reason": why} for a, why in analysis.not_run],
         "report_sop_instance_uids": {
             k: (v if isinstance(v, str) else list(v)) for k, v in report_uids.items()
@@ -97,14 +98,15 @@ def success(
     }
 
 
-def probabilities_key(analyzer: str) -> str:
-    """``ctclip-supervised`` -> ``ctclip_supervised_probabilities``."""
-    return f"{analyzer.replace('-', '_')}_probabilities"
+def scores_key(analyzer: str, probabilities: bool = True) -> str:
+    """``ctclip-supervised`` -> ``ctclip_supervised_probabilities``; an analyzer whose scores
+    are not probabilities -> ``diffusion_anomaly_scores``."""
+    return f"{analyzer.replace('-', '_')}_{'probabilities' if probabilities else 'scores'}"
 
 
-def _probabilities(analysis: Analysis, analyzer: str) -> dict[str, float | None] | None:
-    """The legacy ``ctclip_probabilities`` shape: CT-RATE label -> P(present); null when the
-    analyzer did not run."""
+def _scores(analysis: Analysis, analyzer: str) -> dict[str, float | None] | None:
+    """The legacy ``ctclip_probabilities`` shape: label -> score; null when the analyzer did
+    not run."""
     for result in analysis.results:
         if result.analyzer == analyzer:
             return {f.label: f.score for f in result.findings}
@@ -127,7 +129,7 @@ def failure(
         "top_shap_features": None,
         "fusion": None,
         "analyzers": None,
-        **{probabilities_key(name): None for name in NEURAL_TITLES},
+        **{scores_key(s.name, s.probabilities): None for s in SPECS},
         "analyzers_not_run": None,
         "report_sop_instance_uids": None,
     }

@@ -148,7 +148,7 @@ def test_reduced_mode_outputs_are_valid_and_say_it_is_reduced(
     analyzers = {a["analyzer"]: a for a in legacy["analyzers"]}
     assert analyzers[NAME]["version"].endswith("reduced-8-steps")
     assert analyzers[NAME]["features"]["diffusion_anomaly.anomalous_volume"] > 0
-    assert legacy["diffusion_anomaly_probabilities"] == {LABEL: finding.score}
+    assert legacy["diffusion_anomaly_scores"] == {LABEL: finding.score}
 
     maps = []
     for path in out.sc[1:]:
@@ -176,7 +176,7 @@ def test_the_node_runs_the_reduced_detector_on_an_upload(
         assert status == 200, result
         analyzers = {a["analyzer"]: a for a in result["analyzers"]}
         assert analyzers[NAME]["version"].endswith("/reduced-8-steps")
-        assert set(result["diffusion_anomaly_probabilities"]) == {LABEL}
+        assert set(result["diffusion_anomaly_scores"]) == {LABEL}
     finally:
         node.stop()
 

@@ -46,6 +46,7 @@ SPECS = (
         FEATURE_TITLES,
         "inference.anomaly.analyzer:load",
         needs_masks=True,
+        probabilities=False,
     ),
 )
 
