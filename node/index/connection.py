@@ -135,7 +135,18 @@ class Connection:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             with self._lock:
-                create(self.db)
+                # Several processes may open one index at once (``--role``s on one host):
+                # the schema is created or migrated by one of them at a time, in one write
+                # transaction taken up front (waiting on busy_timeout), never by a read
+                # transaction that must upgrade to a write, which SQLite refuses at once
+                # when another process wrote in between ("database is locked").
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    create(self.db)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
             # The SCP's duplicate check reads here: in WAL mode it sees every committed row
             # without waiting for the write connection's lock (held through each commit).
             self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
