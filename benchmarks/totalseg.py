@@ -136,7 +136,7 @@ def run_part(volume: Any, task: int) -> tuple[int, ...]:
     mode = TASK_CONFIGS["total"]["sub_modes"]["default"]
     data, affine = to_nifti_arrays(volume)
     seg, _, _ = nnUNet_predict_image(
-        nib.Nifti1Image(data, affine),  # type: ignore[no-untyped-call]
+        nib.Nifti1Image(data, affine),
         None,
         [task],
         model="3d_fullres",

@@ -187,7 +187,7 @@ class OrganSegmenter:
 
         self.check()
         data, affine = to_nifti_arrays(volume)
-        image = nib.Nifti1Image(data, affine)  # type: ignore[no-untyped-call]
+        image = nib.Nifti1Image(data, affine)
         with self._lock:
             threads = torch.get_num_threads()  # it takes every core of the machine
             try:
