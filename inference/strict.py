@@ -18,6 +18,11 @@ class CheckpointError(ValueError):
         self.reason = reason
 
 
+class LoadError(ValueError):
+    """Verified weights that still cannot run as their analyzer (a wrong architecture, card
+    or device); the message names the entry and says why, for ``/health`` and the log."""
+
+
 def check_layout(
     own: Mapping[str, Tensor], state: Mapping[str, Tensor], what: str = "", hint: str = ""
 ) -> None:

@@ -35,7 +35,7 @@ from inference.anomaly.model import Classifier, ClassifierConfig, UNet, UNetConf
 from inference.anomaly.results import CODE_VERSION, NAME, TITLE, to_result
 from inference.device import pick_device
 from inference.findings import AnalyzerResult, SliceMap
-from inference.strict import CheckpointError
+from inference.strict import CheckpointError, LoadError
 from inference.weights_store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ HEALTHY = 0
 FULL_COST = (
     "about 1,500 network evaluations per slice (about 43 min per 256x256 slice on 2 CPU threads)"
 )
-
-
-class LoadError(ValueError):
-    """Verified files that still cannot run as this analyzer; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,10 @@ from inference.ctclip.model import CTCLIP, ClassFine, CTCLIPConfig
 from inference.ctclip.results import CODE_VERSION, SUPERVISED
 from inference.ctclip.scoring import CTCLIPScorer, text_latents
 from inference.device import pick_device
-from inference.strict import CheckpointError
+from inference.strict import CheckpointError, LoadError
 from inference.weights_store import ModelEntry
 
 log = logging.getLogger(__name__)
-
-
-class LoadError(ValueError):
-    """A verified file that still cannot run as this analyzer; the message says why."""
 
 
 def read_config(store: Path, entry: ModelEntry) -> CTCLIPConfig:

@@ -24,14 +24,10 @@ from inference.fvlm.organs import ANALYZER as TOTALSEG
 from inference.fvlm.organs import OrganSegmenter, OrgansError, point_at, unpack, weights_root
 from inference.fvlm.results import CODE_VERSION, prompts
 from inference.fvlm.scoring import FVLMScorer
-from inference.strict import CheckpointError
+from inference.strict import CheckpointError, LoadError
 from inference.weights_store import ModelEntry, WeightsError, read_manifest, status
 
 log = logging.getLogger(__name__)
-
-
-class LoadError(ValueError):
-    """A verified file that still cannot run as this analyzer; the message says why."""
 
 
 def read_config(store: Path, entry: ModelEntry) -> FVLMConfig:

@@ -30,14 +30,10 @@ from inference.mednext.checkpoint import load_strict, read
 from inference.mednext.model import MedNeXtClassifier, classifier_for
 from inference.mednext.preprocess import preprocess
 from inference.mednext.results import CODE_VERSION, NAME, to_result
-from inference.strict import CheckpointError
+from inference.strict import CheckpointError, LoadError
 from inference.weights_store import ModelEntry, cached_sha256
 
 log = logging.getLogger(__name__)
-
-
-class LoadError(ValueError):
-    """A verified file that still cannot run as this analyzer; the message says why."""
 
 
 @dataclass
