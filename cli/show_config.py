@@ -1,10 +1,15 @@
-"""``ctnode config``: print the effective settings (file + environment + defaults) as TOML."""
+"""``ctnode config``: print the effective settings (file + environment + defaults) as TOML.
+
+Secrets are masked: the API's bearer token and a password in ``[database] url`` are shown as
+``***`` (set) or left empty (not set), since the output is what operators paste into tickets.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import config
 from cli.common import add_config_argument, load_settings
@@ -16,9 +21,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = config.as_dict(load_settings(args))
+    values = masked(config.as_dict(load_settings(args)))
     print(json.dumps(values, indent=2) if args.json else to_toml(values), end="\n")
     return 0
+
+
+MASK = "***"
+
+
+def masked(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings with their secrets replaced by ``MASK``."""
+    api, database = values.get("api", {}), values.get("database", {})
+    if api.get("token"):
+        api["token"] = MASK
+    if database.get("url"):
+        database["url"] = _masked_url(database["url"])
+    return values
+
+
+def _masked_url(url: str) -> str:
+    """A libpq URL without its password (in the authority or as a ``password=`` parameter)."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        url = url.replace(f"//{parts.netloc}", f"//{userinfo.split(':')[0]}:{MASK}@{host}", 1)
+    if parts.query:
+        query = "&".join(
+            f"password={MASK}" if q.startswith("password=") else q for q in parts.query.split("&")
+        )
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    return url
 
 
 def to_toml(values: dict[str, Any], prefix: str = "") -> str:

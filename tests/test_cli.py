@@ -28,6 +28,26 @@ def test_config_prints_effective_settings_as_toml() -> None:
     assert as_json == json.loads(json.dumps(config.as_dict(config.load(None, {}))))
 
 
+def test_config_masks_the_api_token_and_the_database_password() -> None:
+    result = run(
+        "config",
+        CTNODE_API__TOKEN="s3cret-token",
+        CTNODE_DATABASE__URL="postgresql://ctnode:pa55word@db.example:5433/ctnode?sslmode=require",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-token" not in result.stdout and "pa55word" not in result.stdout
+    printed = tomllib.loads(result.stdout)
+    assert printed["api"]["token"] == "***"
+    assert printed["database"]["url"] == (
+        "postgresql://ctnode:***@db.example:5433/ctnode?sslmode=require"
+    )
+    query = run("config", "--json", CTNODE_DATABASE__URL="postgresql:///ctnode?password=pw&a=1")
+    assert json.loads(query.stdout)["database"]["url"] == "postgresql:///ctnode?password=***&a=1"
+    plain = run("config", "--json", CTNODE_DATABASE__URL="postgresql://ctnode@db/ctnode")
+    assert json.loads(plain.stdout)["database"]["url"] == "postgresql://ctnode@db/ctnode"
+    assert json.loads(plain.stdout)["api"]["token"] == ""
+
+
 def test_config_error_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[assembly]\nstable_age = 'soon'\n")
