@@ -3,7 +3,8 @@ studies, for training a fusion model (``ctnode fusion train``).
 
 Each PATH is a folder, ZIP archive, DICOMDIR or file (one or more studies: give one PATH
 per study, e.g. ``cohort/*``, to spread them over processes), or the node's data directory
-(or its ``index.sqlite``): then every study the node reported is one unit, its features
+(or its ``index.sqlite``; with ``[database] url``, the configured data directory, its index
+in PostgreSQL): then every study the node reported is one unit, its features
 taken from the stored result when the same analyzer code made them, else analysed again
 from the stored instances. Features are cached per series and analyzer version (``--cache``,
 default beside the output), so an interrupted run resumes and a re-run is quick.
@@ -63,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if not path.exists():
             print(f"ctnode features: {path} does not exist", file=sys.stderr)
             return 2
-        data_dir = _node_data_dir(path)
-        units.extend(_index_units(data_dir) if data_dir else [Unit(path.name, path=path)])
+        url = settings.database.url if _same(path, settings.storage.root) else ""
+        data_dir = path if url else _node_data_dir(path)
+        units.extend(_index_units(data_dir, url) if data_dir else [Unit(path.name, path=path)])
     cache = None if args.no_cache else (args.cache or args.out.with_suffix(".cache"))
     bar = ProgressBar(len(units))
     try:
@@ -108,10 +110,18 @@ def _node_data_dir(path: Path) -> Path | None:
         return None
 
 
-def _index_units(data_dir: Path) -> list[Any]:
+def _same(path: Path, data_dir: Path) -> bool:
+    try:
+        return path.resolve() == data_dir.resolve()
+    except OSError:
+        return False
+
+
+def _index_units(data_dir: Path, url: str = "") -> list[Any]:
     """One unit per study with a reported series: all its stored instances (selection runs
-    over the whole study, as in the node) and the latest result the node stored for it."""
-    index = Index(data_dir, read_only=True)
+    over the whole study, as in the node) and the latest result the node stored for it.
+    ``url``: the index is in that PostgreSQL database (the data directory holds the store)."""
+    index = Index(data_dir, read_only=True, url=url, pool_size=1)
     try:
         results = index.query(
             "SELECT r.study_uid, r.result_json FROM results r WHERE r.state = 'REPORTED' "
