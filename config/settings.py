@@ -140,7 +140,9 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Several processes over one index: who this process is, how long its claims last."""
+    """Several processes over one index: who this process is, how often it beats, and how
+    long without a beat its claims last (jobs and deliveries on SQLite; deliveries and, through
+    procrastinate's worker heartbeats, jobs over PostgreSQL)."""
 
     node_id: str = ""
     lease: float = 60.0

@@ -55,4 +55,7 @@ def configure(settings: LoggingSettings) -> None:
     # pynetdicom logs every PDU at INFO/DEBUG, including patient-level data set summaries.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # procrastinate logs each task's start and end at INFO, the periodic ones every second;
+    # the node logs what each analysis did itself.
+    logging.getLogger("procrastinate").setLevel(logging.WARNING)
     logging.captureWarnings(True)  # library warnings through the same handler and redaction

@@ -69,6 +69,15 @@ class IndexCollector(Collector):
             deliveries.add_metric([row["destination"], row["state"]], row["n"])
         yield deliveries
 
+        tasks = GaugeMetricFamily(
+            "ctnode_queue_tasks",
+            "PostgreSQL: procrastinate's tasks by queue and status",
+            labels=["queue", "status"],
+        )
+        for row in self.index.queue_tasks():
+            tasks.add_metric([row["queue"], row["status"]], row["n"])
+        yield tasks
+
         yield from self._nodes()
 
     def _nodes(self) -> Iterator[GaugeMetricFamily]:

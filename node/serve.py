@@ -17,8 +17,10 @@ assembles.
 assembly tick), ``worker`` (analysis), ``sender`` (the outbox), ``api`` (HTTP) or ``all``
 (every part: the single-host node). Every process but the extra receiving ones registers in
 the index's ``nodes`` table under its node id and beats there every ``cluster.heartbeat``
-seconds: the beat renews the leases of the jobs and deliveries it holds and queues again
-those whose holder stopped beating (``node.index.jobs``).
+seconds: the beat renews the leases of the deliveries (and, on SQLite, the jobs) it holds
+and queues again those whose holder stopped beating (``node.index.jobs``). Over PostgreSQL
+the analysis queue and the periodic tasks are procrastinate's (``node.queue``): workers run
+the analysis tasks, receivers the assembly tick, both the recovery of stalled workers' jobs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -46,6 +50,9 @@ from node.recovery import recover
 from node.worker import Pipeline, Worker, run_forever
 from scp.server import StorageSCP
 from scp.spool import Spool
+
+if TYPE_CHECKING:
+    from node.queue import QueueWorkers
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,6 @@ class Node:
         self.receiver_only = receiver_only
         self.node_id = settings.cluster.node_id or default_node_id(role)
         self._stop_workers = threading.Event()
-        self._wake_workers = threading.Event()
         self._stop_heartbeat = threading.Event()
         root = settings.storage.root
         self.spool = Spool(root, fsync=settings.storage.fsync)
@@ -117,6 +123,7 @@ class Node:
                 )
                 for _ in range(settings.worker.count)
             ]
+        self.queue = self._queue() if settings.database.url else None
         self.api: ApiServer | None = None
         if settings.api.enabled and not receiver_only and self.plays("api"):
             check_exposure(settings.api.host, settings.api.token)
@@ -139,6 +146,31 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
 
+    def _queue(self) -> QueueWorkers | None:
+        """The procrastinate workers this process needs over PostgreSQL, if any."""
+        # procrastinate is the `postgres` extra: a node on SQLite never loads it
+        from node.queue import ASSEMBLY_QUEUE, QueueWorkers, analyse  # noqa: PLC0415
+
+        cluster = self.settings.cluster
+        queue = QueueWorkers(
+            self.settings.database.url,
+            self.node_id,
+            heartbeat=cluster.heartbeat,
+            lease=cluster.lease,
+            poll=self.settings.worker.poll,
+            grace=self.settings.worker.grace,
+        )
+        if self.workers:
+            run = partial(analyse, self.index, self.workers[0], self.settings.worker.poll)
+            queue.analyse_with(run, len(self.workers))
+        if self.plays("receiver"):
+            assembly = self.settings.assembly.tick
+            queue.every("ctnode.assemble", assembly, ASSEMBLY_QUEUE, self.assembly.tick)
+        if self.workers or self.plays("receiver"):
+            queue.recover_stalled(self.index.release_task)
+            return queue
+        return None
+
     def plays(self, role: str) -> bool:
         """Whether this process does ``role``'s part (``all`` does every part)."""
         return not self.receiver_only and self.role in ("all", role)
@@ -156,6 +188,8 @@ class Node:
     def _workers_alive(self) -> str | None:
         """The analysis workers run (none configured is a choice, not a fault)."""
         dead = [t.name for t in self._threads if not t.is_alive()]
+        if self.queue is not None and self._scheduler is not None and not self.queue.alive():
+            dead.append("queue")
         if dead and not self._stop_workers.is_set():
             return f"worker threads stopped: {', '.join(dead)}"
         return None
@@ -202,7 +236,7 @@ class Node:
         if self.receiver_only:
             return
         scheduler = BackgroundScheduler(daemon=True)
-        if self.plays("receiver"):
+        if self.plays("receiver") and self.queue is None:
             add_assembly(scheduler, self.assembly, self.settings.assembly.tick)
         if self.plays("sender"):
             scheduler.add_job(
@@ -217,12 +251,12 @@ class Node:
         self._scheduler = scheduler
         if self.api is not None:
             self.api.start()
-        if self.workers:
-            self.index.listen_for_jobs(self._wake_workers, self._stop_workers)
-        for number, worker in enumerate(self.workers):
+        if self.queue is not None:
+            self.queue.start()
+        for number, worker in enumerate(self.workers if self.queue is None else ()):
             thread = threading.Thread(
                 target=run_forever,
-                args=(worker, self._stop_workers, self.settings.worker.poll, self._wake_workers),
+                args=(worker, self._stop_workers, self.settings.worker.poll),
                 name=f"worker-{number}",
                 daemon=True,  # a stage past the grace period must not hold the exit
             )
@@ -247,12 +281,11 @@ class Node:
         """Close the listener, let each worker finish the stage it is in (for up to
         ``worker.grace`` seconds), stop the ticks."""
         self._stop_workers.set()
-        self._wake_workers.set()
         self.scp.stop()
         if self.api is not None:
             self.api.stop()
         deadline = time.monotonic() + self.settings.worker.grace
-        abandoned = False
+        abandoned = self.queue is not None and not self.queue.stop()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             abandoned |= thread.is_alive()

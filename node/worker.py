@@ -16,10 +16,12 @@ leaves the job to be claimed again after start-up recovery; output UIDs are dete
 so a re-run produces the same objects. A stop request is honoured between the pipeline's
 stages: the job goes back to the queue and runs again at the next start.
 
-With several processes (``ctnode serve --role worker`` on several hosts) a claim is a lease
-that the process's heartbeat renews (``node.index.jobs``): a worker that stops renewing it
-(killed, hung, cut off from the database) loses the job to another worker, gives up at its
-next stage if it is still alive, and its late result is refused at commit.
+With several processes on SQLite a claim is a lease that the process's heartbeat renews
+(``node.index.jobs``); over PostgreSQL (``ctnode serve --role worker`` on several hosts)
+procrastinate hands out the jobs and its workers' heartbeats tell who is alive
+(``node.queue``, which calls ``Worker.run`` for a job it claimed). Either way a worker that
+stops beating (killed, hung, cut off from the database) loses the job to another worker,
+gives up at its next stage if it is still alive, and its late result is refused at commit.
 """
 
 from __future__ import annotations
@@ -124,10 +126,13 @@ class Worker:
         return self.index.claim_job()
 
     def run_once(self) -> bool:
-        """Run one queued job; False when there was none."""
+        """Run one queued job; False when there was none or it was stopped between stages."""
         job = self.claim()
-        if job is None:
-            return False
+        return job is not None and self.run(job)
+
+    def run(self, job: Job) -> bool:
+        """Analyse a claimed job and commit its outcome; False when it was stopped between
+        stages (this process stops, or its claim was lost) and went back to the queue."""
         cid = f"job{job.id}"
         log.info(
             "analysing series %s (revision %d)",
@@ -228,23 +233,15 @@ class Worker:
         )
 
 
-def run_forever(
-    worker: Worker, stop: threading.Event, poll: float = 1.0, wake: threading.Event | None = None
-) -> None:
+def run_forever(worker: Worker, stop: threading.Event, poll: float = 1.0) -> None:
     """Work until ``stop`` is set; checked between jobs, and between a job's stages when the
     worker was made with ``stopping=stop.is_set``. An idle worker looks again after ``poll``
-    seconds, or as soon as ``wake`` is set (a job was queued: PostgreSQL's NOTIFY; whoever
-    sets ``stop`` sets ``wake`` too)."""
+    seconds (or stops at once when ``stop`` is set meanwhile)."""
     while not stop.is_set():
         try:
             busy = worker.run_once()
         except Exception:
             log.exception("worker error; continuing")
             busy = False
-        if busy:
-            continue
-        if wake is None:
+        if not busy:
             stop.wait(poll)
-        else:
-            wake.wait(poll)
-            wake.clear()

@@ -2,7 +2,8 @@
 guarantee holds on one host, over SQLite with several connections as several processes would
 hold: versioned migrations, idempotent indexing by two receivers, leases on jobs and
 deliveries (a late result is refused), claims that pass each other, racing assembly ticks, a
-server restart. The worker's own tests run here again over PostgreSQL."""
+server restart. The worker's own tests run here again over PostgreSQL. The analysis queue
+over PostgreSQL (procrastinate) is tested in ``tests/test_queue.py``."""
 
 from __future__ import annotations
 
@@ -19,14 +20,12 @@ from node.index import Index
 from node.index.deliveries import Attempt, ResultObject, enqueue
 from node.index.schema import TABLES
 from node.recovery import recover
-from node.worker import Worker, run_forever
 from scp.sink import ReceivedInstance
 from scp.spool import Spool
 from scp.validation import Identity
 from tests.factory import ct_series
 from tests.postgres_server import PostgresServer
 from tests.test_worker import (  # the worker's tests, collected again over PostgreSQL
-    SummaryPipeline,
     receive,
     test_a_changed_series_is_reported_again_naming_the_old_report,
     test_a_job_waits_while_its_study_still_receives_and_sees_the_whole_study,
@@ -79,6 +78,17 @@ def env(tmp_path: Path, pg_url: str) -> Iterator[tuple[Index, Spool, Path]]:
 def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens the index as one more process would (its own connections, its node id)."""
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    yield from _opener(tmp_path, url)
+
+
+@pytest.fixture
+def open_sqlite(tmp_path: Path) -> Iterator[Opener]:
+    """The same over SQLite only: there the ``jobs`` table is the queue and its leases the
+    workers' liveness (over PostgreSQL procrastinate's heartbeats are: tests/test_queue.py)."""
+    yield from _opener(tmp_path, "")
+
+
+def _opener(tmp_path: Path, url: str) -> Iterator[Opener]:
     opened: list[Index] = []
 
     def open_(node_id: str, lease: float = 60.0) -> Index:
@@ -157,9 +167,9 @@ def _stable_job(index: Index, tmp_path: Path, seed: str) -> str:
 
 
 def test_a_late_result_is_refused_once_the_lease_ran_out(
-    open_index: Opener, tmp_path: Path
+    open_sqlite: Opener, tmp_path: Path
 ) -> None:
-    slow, other = open_index("worker-a", lease=0.3), open_index("worker-b")
+    slow, other = open_sqlite("worker-a", lease=0.3), open_sqlite("worker-b")
     _stable_job(slow, tmp_path, "late")
     job = slow.claim_job()
     assert job is not None and job.claim == 1 and slow.holds(job)
@@ -184,8 +194,8 @@ def test_a_late_result_is_refused_once_the_lease_ran_out(
     assert other.query("SELECT state FROM series")[0]["state"] == "REPORTED"
 
 
-def test_renewed_leases_keep_the_job(open_index: Opener, tmp_path: Path) -> None:
-    worker, other = open_index("worker-a", lease=0.4), open_index("worker-b")
+def test_renewed_leases_keep_the_job(open_sqlite: Opener, tmp_path: Path) -> None:
+    worker, other = open_sqlite("worker-a", lease=0.4), open_sqlite("worker-b")
     _stable_job(worker, tmp_path, "renew")
     job = worker.claim_job()
     assert job is not None
@@ -324,26 +334,22 @@ def test_recovery_beside_other_receivers_keeps_young_unindexed_files(tmp_path: P
     index.close()
 
 
-def test_a_queued_job_wakes_an_idle_worker_at_once(pg_url: str, tmp_path: Path) -> None:
-    """PostgreSQL's NOTIFY, sent with the job, wakes a worker waiting out a minute's poll."""
+def test_features_read_a_postgresql_index(pg_url: str, tmp_path: Path) -> None:
+    """``ctnode features DATA_DIR`` with ``[database] url``: the studies the node reported,
+    from the shared index, their instances from the data directory's store."""
+    from cli.features import _index_units  # noqa: PLC0415  # training's imports are heavy
+
     index, spool = Index(tmp_path, url=pg_url), Spool(tmp_path)
-    worker = Worker(index, spool.store_dir, tmp_path / "results", SummaryPipeline(), lambda _: [])
-    stop, wake = threading.Event(), threading.Event()
-    index.listen_for_jobs(wake, stop)
-    thread = threading.Thread(target=run_forever, args=(worker, stop, 60.0, wake))
-    thread.start()
-    try:
-        time.sleep(1.5)  # the worker found nothing and waits for its next poll
-        series = receive(index, spool, "wake")
-        queued = time.monotonic()
-        index.mark_stable(series, 3)
-        deadline = queued + 10.0
-        while not index.query("SELECT 1 FROM results") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert index.query("SELECT state FROM series")[0]["state"] == "REPORTED"
-        assert time.monotonic() - queued < 10.0
-    finally:
-        stop.set()
-        wake.set()
-        thread.join(10)
-        index.close()
+    series = receive(index, spool, "features")
+    job = index.mark_stable(series, 3)
+    with index.transaction() as conn:
+        conn.execute(
+            "INSERT INTO results (job_id, series_uid, study_uid, state, reason, result_json, "
+            "timings_json, created) SELECT id, series_uid, study_uid, 'REPORTED', '', '{}', "
+            "'{}', '' FROM jobs WHERE id = ?",
+            (job,),
+        )
+    (unit,) = _index_units(tmp_path, pg_url)
+    assert unit.stored == "{}" and len(unit.files) == 3
+    assert all(f.is_file() and f.is_relative_to(spool.store_dir) for f in unit.files)
+    index.close()

@@ -284,6 +284,13 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
         states = [s["state"] for s in index.query("SELECT state FROM series")]
         assert states == ["SENT"] * STUDIES, states
         assert not index.query("SELECT id FROM jobs WHERE owner IS NOT NULL")
+        if pg is not None:  # every job went through procrastinate, and none of its tasks waits
+            assert not index.query("SELECT id FROM jobs WHERE task_id IS NULL")
+            left = index.query(
+                "SELECT id FROM procrastinate_jobs WHERE queue_name = 'analysis' "
+                "AND status IN ('todo', 'doing')"
+            )
+            assert not left, left
 
         # the stopped worker gave its job up (at its next stage) or had its result refused
         wait_until("the resumed worker to give up", partial(gave_up, holder), 60)
@@ -327,6 +334,8 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
             labels = f'host="[^"]+",node_id="{name}",role="{host.role}"'
             assert re.search(rf"^ctnode_node_heartbeat_age_seconds\{{{labels}\}} \d", metrics, re.M)
         assert 'ctnode_jobs{state="done"}' in metrics
+        if pg is not None:  # the queue's own tasks: the periodic ones come and go
+            assert "# TYPE ctnode_queue_tasks gauge" in metrics
 
         for host in hosts.values():
             assert host.stop() == 0, host.log_text()[-3000:]

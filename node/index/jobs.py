@@ -3,11 +3,17 @@ worker claims one (its series PROCESSING) and finishes it, in one transaction, w
 result row, the series' end state and the result's deliveries; start-up recovery queues
 again what a crash interrupted.
 
-A claim is a lease: the job names its owner (the node id of the worker's process) and the
-time its claim ends (the database's clock), which the owner's heartbeat moves on
-(``renew_leases``). A job whose lease ran out is queued again by any process
-(``expire_leases``), and a claim counter tells the owner's late commit from the new one's:
-``finish_job`` refuses a result whose claim is no longer the job's (logged, nothing written).
+On SQLite (one host) the ``jobs`` table is the queue itself. A claim is a lease: the job
+names its owner (the node id of the worker's process) and the time its claim ends (the
+database's clock), which the owner's heartbeat moves on (``renew_leases``). A job whose
+lease ran out is queued again by any process (``expire_leases``), and a claim counter tells
+the owner's late commit from the new one's: ``finish_job`` refuses a result whose claim is
+no longer the job's (logged, nothing written).
+
+On PostgreSQL the queue is procrastinate (``node.queue``): ``mark_stable`` defers a task
+for the job in its own transaction, the task claims the row (``start_job``), liveness is
+procrastinate's worker heartbeat (``release_task`` gives back a stalled worker's job), and
+the same claim counter guards ``finish_job``.
 """
 
 from __future__ import annotations
@@ -16,13 +22,20 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from node.index.connection import Connection, Tx, utc_now
 from node.index.deliveries import ResultObject, enqueue
 from scp.uids import uid_hash
 
+if TYPE_CHECKING:
+    from node.index.postgres import Transaction
+
 log = logging.getLogger(__name__)
+
+
+class StudyReceiving(Exception):
+    """A series of the job's study is still receiving: selection needs the whole study."""
 
 
 @dataclass(frozen=True)
@@ -52,20 +65,29 @@ class JobQueries(Connection):
             ).rowcount
             if not changed:
                 return None
-            conn.execute(
+            superseded = conn.execute(
                 "UPDATE jobs SET state = 'superseded', updated = ? "
-                "WHERE series_uid = ? AND state = 'queued'",
+                "WHERE series_uid = ? AND state = 'queued' RETURNING task_id",
                 (now, series_uid),
+            ).fetchall()
+            job_id = int(
+                conn.execute(
+                    "INSERT INTO jobs (series_uid, study_uid, revision, state, reason, created, "
+                    "updated, deliver) SELECT series_uid, study_uid, revision, 'queued', '', "
+                    "?, ?, ? FROM series WHERE series_uid = ? RETURNING id",
+                    (now, now, int(deliver), series_uid),
+                ).fetchone()[0]
             )
-            row = conn.execute(
-                "INSERT INTO jobs (series_uid, study_uid, revision, state, reason, created, "
-                "updated, deliver) SELECT series_uid, study_uid, revision, 'queued', '', ?, ?, ? "
-                "FROM series WHERE series_uid = ? RETURNING id",
-                (now, now, int(deliver), series_uid),
-            ).fetchone()
-            if self.dialect.notify:
-                conn.execute(self.dialect.notify)  # delivered to listening workers at commit
-            return int(row[0])
+            if self.tasks is not None:
+                connection = cast("Transaction", conn).connection
+                for (task_id,) in superseded:
+                    if task_id is not None:
+                        self.tasks.cancel(connection, task_id)
+                conn.execute(
+                    "UPDATE jobs SET task_id = ? WHERE id = ?",
+                    (self.tasks.defer(connection, job_id, series_uid), job_id),
+                )
+            return job_id
 
     def set_delivery(self, series_uid: str, deliver: bool) -> None:
         """Decide delivery for a series' queued job (one the assembler queued first)."""
@@ -96,7 +118,10 @@ class JobQueries(Connection):
 
     def requeue_interrupted(self) -> int:
         """At start-up: the jobs this process's node id was running when it died run again,
-        and so do any whose lease ran out; another process's live claims are left alone."""
+        and so do any whose lease ran out; another process's live claims are left alone.
+        (On PostgreSQL only this node's own: the queue's heartbeats tell the others'.)"""
+        if self.tasks is not None:
+            return self._release("owner = ?", (self.node_id,))
         return self._release(
             "(owner IS NULL OR owner = ? OR lease_until IS NULL "
             f"OR lease_until < {self.dialect.epoch})",
@@ -105,8 +130,16 @@ class JobQueries(Connection):
 
     def expire_leases(self) -> int:
         """Jobs whose owner stopped renewing its lease (died, hung, cut off) are queued
-        again, their series back to STABLE; returns how many."""
+        again, their series back to STABLE; returns how many. Nothing on PostgreSQL, where
+        the queue's recovery task does it (``release_task``)."""
+        if self.tasks is not None:
+            return 0
         return self._release(f"(lease_until IS NULL OR lease_until < {self.dialect.epoch})", ())
+
+    def release_task(self, task_id: int) -> int:
+        """The job that queue task ``task_id`` was running goes back to ``queued`` (its
+        series to STABLE): the task's worker stopped beating and the task runs again."""
+        return self._release("task_id = ?", (task_id,))
 
     def _release(self, which: str, params: tuple[Any, ...]) -> int:
         now = utc_now()
@@ -131,7 +164,10 @@ class JobQueries(Connection):
         return len(released)
 
     def renew_leases(self) -> int:
-        """The heartbeat: this process still works on the jobs it holds; returns how many."""
+        """The heartbeat: this process still works on the jobs it holds; returns how many.
+        Nothing on PostgreSQL: the queue's workers beat for their tasks."""
+        if self.tasks is not None:
+            return 0
         with self.transaction() as conn:
             return int(
                 conn.execute(
@@ -189,6 +225,46 @@ class JobQueries(Connection):
                     )
             if claimed:
                 return Job(row[0], row[1], row[2], row[3], bool(row[4]), int(claim))
+
+    def start_job(self, job_id: int, task_id: int) -> Job | None:
+        """Claim job ``job_id`` for queue task ``task_id`` (PostgreSQL, ``node.queue``): job
+        ``running`` under this node with its claim number raised, series PROCESSING. None
+        when the task has nothing to do: the job is done or superseded, another task
+        carries it, or its series changed (then it is superseded here). Raises
+        ``StudyReceiving`` while a series of the study is still receiving. A job still
+        ``running`` under this task was a stalled worker's: this claim takes it over."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT series_uid, study_uid, revision, deliver FROM jobs "
+                "WHERE id = ? AND task_id = ? AND state IN ('queued', 'running')"
+                + self.dialect.lock,
+                (job_id, task_id),
+            ).fetchone()
+            if row is None:
+                return None
+            receiving = conn.execute(
+                "SELECT 1 FROM series WHERE study_uid = ? AND state = 'RECEIVING'", (row[1],)
+            ).fetchone()
+            if receiving:
+                raise StudyReceiving(uid_hash(row[1]))
+            now = utc_now()
+            current = conn.execute(
+                "UPDATE series SET state = 'PROCESSING', state_changed = ? WHERE series_uid = ? "
+                "AND revision = ? AND state IN ('STABLE', 'PROCESSING')",
+                (now, row[0], row[2]),
+            ).rowcount
+            if not current:
+                conn.execute(
+                    "UPDATE jobs SET state = 'superseded', owner = NULL, updated = ? WHERE id = ?",
+                    (now, job_id),
+                )
+                return None
+            (claim,) = conn.execute(
+                "UPDATE jobs SET state = 'running', owner = ?, lease_until = NULL, "
+                "claims = claims + 1, updated = ? WHERE id = ? RETURNING claims",
+                (self.node_id, now, job_id),
+            ).fetchone()
+        return Job(job_id, row[0], row[1], row[2], bool(row[3]), int(claim))
 
     def study_files(self, job: Job) -> list[str]:
         """Paths (under the store) of the instances of the job's study that selection may

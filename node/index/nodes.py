@@ -52,3 +52,13 @@ class NodeQueries(Connection):
             "AS jobs_held, (SELECT COUNT(*) FROM outbox o WHERE o.owner = n.node_id "
             "AND o.state = 'PENDING') AS deliveries_held FROM nodes n ORDER BY n.node_id"
         )
+
+    def queue_tasks(self) -> list[dict[str, Any]]:
+        """PostgreSQL: procrastinate's tasks by queue and status (finished ones are deleted,
+        so this is what waits and what runs); nothing on SQLite, whose queue is ``jobs``."""
+        if self.tasks is None:
+            return []
+        return self.query(
+            "SELECT queue_name AS queue, status::text AS status, COUNT(*) AS n "
+            "FROM procrastinate_jobs GROUP BY 1, 2 ORDER BY 1, 2"
+        )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -88,13 +87,13 @@ class Transaction:
     """One PostgreSQL transaction with the ``sqlite3.Connection`` calls the queries use."""
 
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
-        self._conn = conn
+        self.connection = conn  # for procrastinate, to defer a task in this transaction
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return Cursor(self._conn.execute(translate(sql), tuple(params)))
+        return Cursor(self.connection.execute(translate(sql), tuple(params)))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Cursor:
-        cursor = self._conn.cursor()
+        cursor = self.connection.cursor()
         cursor.executemany(translate(sql), [tuple(r) for r in rows])
         return Cursor(cursor)
 
@@ -132,21 +131,6 @@ class Pool:
             rows = conn.execute(translate(sql), tuple(params)).fetchall()
             return [dict(zip(row.keys(), row, strict=True)) for row in rows]
 
-    def listen(self, channel: str, wake: threading.Event, stop: threading.Event) -> None:
-        """Set ``wake`` at every notification on ``channel`` until ``stop`` is set, on a
-        connection of its own (reconnecting after the server went away)."""
-        while not stop.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {channel}")
-                    wake.set()  # anything queued while not listening
-                    while not stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            wake.set()
-            except psycopg.OperationalError as exc:
-                log.warning("listening for queued jobs failed (%s); polling meanwhile", exc)
-                stop.wait(5.0)
-
     @contextmanager
     def try_lock(self, key: int) -> Iterator[bool]:
         """A session advisory lock on ``key`` if no other session holds it (False if one
@@ -162,13 +146,22 @@ class Pool:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """``(version, name, sql)`` of every migration shipped with the package, in order."""
-    found = []
+    """``(version, name, sql)`` of every migration shipped with the package, in order: the
+    SQL files, and at version 3 the schema of the job queue, procrastinate (``node.queue``),
+    taken from the installed package (pinned to one minor release in ``pyproject.toml``: a
+    later one comes with a migration of ours that applies procrastinate's own)."""
+    found = [(3, "0003_procrastinate", procrastinate_schema())]
     for entry in resources.files("node.index.migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def procrastinate_schema() -> str:
+    from procrastinate.schema import SchemaManager  # noqa: PLC0415  # the `postgres` extra
+
+    return SchemaManager.get_schema()
 
 
 def apply_migrations(conn: psycopg.Connection[Row]) -> list[int]:

@@ -131,6 +131,7 @@ TABLES: dict[str, Table] = {
             "owner": str,  # the node id of the process running it
             "lease_until": float,  # epoch seconds (the database's clock) its claim ends
             "claims": int,  # counts claims: a result is committed only by the latest
+            "task_id": int,  # PostgreSQL: the procrastinate job carrying it (node.queue)
         },
         pk="id",
         defaults={"deliver": 1, "claims": 0},
