@@ -4,7 +4,8 @@ Reads the index read-only, so it works while the node runs (WAL lets readers in 
 writer). UIDs are shown as the same short hashes the logs use, so an operator can match a
 line here to the log without the screen showing identifiers; ``--json`` gives full records.
 With ``[database] url`` it reads the shared PostgreSQL index, and shows every serving
-process of every host: its role, the seconds since its last heartbeat, what it holds.
+process of every host: its role, the seconds since its last heartbeat, what it holds, and
+the job queue's (procrastinate's) tasks waiting and running.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             "WHERE state = 'PENDING' AND attempts > 0 ORDER BY id"
         )
         nodes = index.nodes() if _has_nodes(index) else []
+        tasks = index.queue_tasks()
         index.close()
     except Exception as exc:  # sqlite3.Error, or psycopg's when the database is away
         print(f"cannot read the index: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -66,12 +68,15 @@ def run(args: argparse.Namespace) -> int:
             "pending_deliveries": pending[0]["n"],
             "retrying_deliveries": retrying,
             "nodes": nodes,
+            "queue_tasks": tasks,
         }
         print(json.dumps(summary, indent=2))
         return 0
     print(render(series, jobs))
     if nodes:
         print("\n" + render_nodes(nodes))
+    if tasks:
+        print("queue tasks: " + ", ".join(f"{t['queue']} {t['n']} {t['status']}" for t in tasks))
     if deliveries:
         print(f"\n{len(deliveries)} failed deliveries (ctnode retry [ID ...] re-queues them):")
         for d in deliveries:
