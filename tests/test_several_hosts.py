@@ -321,6 +321,9 @@ def test_receivers_workers_and_senders_survive_kills_and_restarts(
             text=True, timeout=60, check=True,
         )  # fmt: skip
         nodes = {n["node_id"]: n for n in json.loads(status.stdout)["nodes"]}
+        if pg is not None:  # the queue's tasks: only periodic ones, none for analysis left
+            queue = json.loads(status.stdout)["queue_tasks"]
+            assert all(t["queue"] in ("assembly", "maintenance") for t in queue), queue
         assert {k: n["role"] for k, n in nodes.items()} == {k: h.role for k, h in hosts.items()}
         assert all(n["state"] == "running" and n["heartbeat_age"] < LEASE for n in nodes.values())
         text = subprocess.run(
