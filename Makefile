@@ -27,9 +27,9 @@ fuzz: $(STAMP)
 	CTNODE_FUZZ=1 $(BIN)/pytest tests/test_upper_layer_fuzz.py --timeout=0 $(PYTEST_ARGS)
 
 # The several-hosts scenario (PostgreSQL and SQLite, 2 receivers, 2 workers, 2 senders, kills
-# and restarts) with more studies than `make test` sends: CTNODE_SOAK_STUDIES (default 20).
+# and restarts) with more studies than `make test` sends (20): CTNODE_SOAK_STUDIES (default 60).
 soak: $(STAMP) tools
-	CTNODE_SOAK_STUDIES=$${CTNODE_SOAK_STUDIES:-20} $(BIN)/pytest tests/test_several_hosts.py --timeout=0 $(PYTEST_ARGS)
+	CTNODE_SOAK_STUDIES=$${CTNODE_SOAK_STUDIES:-60} $(BIN)/pytest tests/test_several_hosts.py --timeout=0 $(PYTEST_ARGS)
 
 bench: $(STAMP) tools
 	$(BIN)/python benchmarks/ingest.py --bare

@@ -177,8 +177,9 @@ class QueueWorkers:
         self.grace = grace
         self._analysis = 0
         self._periodic_queues: list[str] = []
-        self._workers: list[Worker] = []
         self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: asyncio.Future[Any] | None = None
         self._thread: threading.Thread | None = None
 
     def analyse_with(self, run: Callable[[int, int], None], concurrency: int) -> None:
@@ -235,10 +236,13 @@ class QueueWorkers:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> bool:
-        """Stop fetching tasks; True when the running ones ended within the grace period."""
+        """Stop fetching tasks; True when the running ones ended within the grace period.
+        Cancelling procrastinate's workers is its graceful stop (running tasks finish, for
+        up to ``grace`` seconds); a stop before they started keeps them from starting."""
         self._stop.set()
-        for worker in self._workers:
-            worker.stop()  # type: ignore[no-untyped-call]  # thread-safe in procrastinate
+        loop, running = self._loop, self._running
+        if loop is not None and running is not None:
+            loop.call_soon_threadsafe(running.cancel)
         if self._thread is None:
             return True
         self._thread.join(self.grace + 5.0)
@@ -254,13 +258,22 @@ class QueueWorkers:
 
     async def _main(self) -> None:
         async with self.app.open_async():
-            self._workers = []
+            workers = []
             if self._analysis:
-                self._workers.append(self._worker([ANALYSIS_QUEUE], self._analysis))
+                workers.append(self._worker([ANALYSIS_QUEUE], self._analysis))
             if self._periodic_queues:
-                self._workers.append(self._worker(self._periodic_queues, 1))
-            if not self._stop.is_set():
-                await asyncio.gather(*(w.run() for w in self._workers))  # type: ignore[no-untyped-call]
+                workers.append(self._worker(self._periodic_queues, 1))
+            self._loop = asyncio.get_running_loop()
+            self._running = asyncio.gather(*(w.run() for w in workers))  # type: ignore[no-untyped-call]
+            if self._stop.is_set():
+                self._running.cancel()
+            try:
+                await self._running
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise
+            finally:
+                self._loop = self._running = None
 
     def _worker(self, queues: list[str], concurrency: int) -> Worker:
         return Worker(

@@ -86,18 +86,6 @@ class StoreLimits:
 class StorageSCP:
     """A running (or startable) storage SCP bound to one spool and one sink."""
 
-    def _remove_unless_indexed(self, sop_instance_uid: str, relative: str) -> None:
-        """Remove a file whose row did not commit, unless another receiver sharing the spool
-        indexed the same instance at the same path meanwhile; with the index unreachable the
-        file stays (start-up recovery removes it once it is old and still unindexed)."""
-        try:
-            copy = self.sink.stored_copy(sop_instance_uid)
-        except Exception:
-            log.warning("index unreachable: unindexed file left for start-up recovery")
-            return
-        if copy is None or copy.relative_path != relative:
-            self.spool.remove(relative)
-
     def __init__(self, settings: SCPSettings, spool: Spool, sink: InstanceSink) -> None:
         self.settings = settings
         self.spool = spool
@@ -466,6 +454,18 @@ class StorageSCP:
                 extra={"cid": cid},
             )
         return SUCCESS
+
+    def _remove_unless_indexed(self, sop_instance_uid: str, relative: str) -> None:
+        """Remove a file whose row did not commit, unless another receiver sharing the spool
+        indexed the same instance at the same path meanwhile; with the index unreachable the
+        file stays (start-up recovery removes it once it is old and still unindexed)."""
+        try:
+            copy = self.sink.stored_copy(sop_instance_uid)
+        except Exception:
+            log.warning("index unreachable: unindexed file left for start-up recovery")
+            return
+        if copy is None or copy.relative_path != relative:
+            self.spool.remove(relative)
 
     def refuse(
         self, rejection: Rejection, sop_class: str, sop_instance: str, calling: str, cid: str

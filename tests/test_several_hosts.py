@@ -41,7 +41,7 @@ from tests.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.slow
 
-STUDIES = int(os.environ.get("CTNODE_SOAK_STUDIES", "3"))
+STUDIES = int(os.environ.get("CTNODE_SOAK_STUDIES", "20"))
 LEASE = 4.0
 FINAL = {"SENT", "INVALID", "NOT_SELECTED", "FAILED"}
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
