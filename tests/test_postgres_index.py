@@ -53,19 +53,6 @@ __all__ = [
 Opener = Callable[..., Index]
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def pg_url(postgres: PostgresServer) -> str:
-    postgres.reset()
-    return postgres.url
-
-
 @pytest.fixture
 def env(tmp_path: Path, pg_url: str) -> Iterator[tuple[Index, Spool, Path]]:
     """The worker tests' environment, its index in PostgreSQL."""

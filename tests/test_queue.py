@@ -26,7 +26,6 @@ from node.worker import Worker
 from scp.spool import Spool
 from tests.cluster import Host, RecordingPacs, store, wait_until
 from tests.phantoms import chest_phantom
-from tests.postgres_server import PostgresServer
 from tests.test_worker import SummaryPipeline, receive
 
 pytest.importorskip("procrastinate", reason="procrastinate is the 'postgres' extra")
@@ -37,19 +36,6 @@ from node.queue import (  # after the skip: the module needs procrastinate
     analyse,
     cron_every,
 )
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def pg_url(postgres: PostgresServer) -> str:
-    postgres.reset()
-    return postgres.url
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -45,13 +44,6 @@ STUDIES = int(os.environ.get("CTNODE_SOAK_STUDIES", "20"))
 LEASE = 4.0
 FINAL = {"SENT", "INVALID", "NOT_SELECTED", "FAILED"}
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    yield server
-    server.close()
 
 
 def late_slice(files: list[Path], folder: Path) -> Path:
