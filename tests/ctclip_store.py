@@ -6,6 +6,7 @@ architecture JSON and a tokenizer vocabulary, as a site registers the published 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -57,9 +58,15 @@ def tiny_state(seed: int) -> dict[str, torch.Tensor]:
 
 def vocab_file(path: Path) -> Path:
     """A ``vocab.txt`` covering the 36 prompts, with CT-CLIP's special ids first."""
-    words = sorted({w for p in prompts() for w in WordPiece.words(p)})
+    return write_vocab(path, prompts(), TINY["bert"]["vocab_size"])
+
+
+def write_vocab(path: Path, texts: Iterable[str], vocab_size: int) -> Path:
+    """A BERT ``vocab.txt`` (the special ids first) with every word of ``texts``: the tiny
+    text encoders of CT-CLIP and fVLM need no more."""
+    words = sorted({w for text in texts for w in WordPiece.words(text)})
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    assert len(tokens) <= TINY["bert"]["vocab_size"]
+    assert len(tokens) <= vocab_size
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return path
 

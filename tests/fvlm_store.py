@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from inference import weights_store as weights
-from inference.ctclip.scoring import WordPiece
 from inference.fvlm.checkpoint import MLM_DECODER, POSITION_IDS, TOKEN_TYPES
 from inference.fvlm.model import FVLM, FVLMConfig
 from inference.fvlm.results import prompts
+from tests.ctclip_store import write_vocab
 
 TINY: dict[str, Any] = {
     "vit": {"hidden_size": 16, "mlp_dim": 32, "num_layers": 10, "num_heads": 2},
@@ -57,11 +57,7 @@ def tiny_state(seed: int) -> dict[str, torch.Tensor]:
 
 def vocab_file(path: Path) -> Path:
     """A ``vocab.txt`` covering the 32 prompts, with BERT's special ids first."""
-    words = sorted({w for p in prompts() for w in WordPiece.words(p)})
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    assert len(tokens) <= TINY["bert"]["vocab_size"]
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
+    return write_vocab(path, prompts(), TINY["bert"]["vocab_size"])
 
 
 def make_store(store: Path, *, vocab: bool = True, seed: int = 1) -> Path:
