@@ -18,7 +18,7 @@ from pynetdicom import AE
 
 from cli.common import add_config_argument, load_settings
 from config import ConfigError, TLSSettings
-from scp.requestor import Requestor
+from scp.requestor import request
 from scp.tls import client_context
 
 
@@ -69,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"ctnode echo: {exc}", file=sys.stderr)
             return 1
     called = args.aec or settings.scp.ae_title
-    assoc = Requestor(ae.associate(host, port, ae_title=called, tls_args=tls_args))
+    assoc = request(ae, host, port, ae_title=called, tls_args=tls_args)
     if not assoc.is_established:
-        print(f"no association with {host}:{port}", file=sys.stderr)
+        why = ""
+        if assoc.rejection is not None:
+            r = assoc.rejection
+            why = f": rejected (result {r.result}, source {r.source}, reason {r.reason})"
+        print(f"no association with {host}:{port}{why}", file=sys.stderr)
         return 1
     status = assoc.send_c_echo()
     assoc.release()

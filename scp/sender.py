@@ -30,7 +30,7 @@ from typing import Any, cast
 from pydicom import dcmread
 from pynetdicom import AE, _config
 
-from scp.requestor import Requestor
+from scp.requestor import Requestor, request
 from scp.tls import failure_reason
 from scp.uids import uid_hash
 
@@ -112,10 +112,8 @@ def store(paths: Sequence[Path], destination: Destination) -> list[Delivery]:
         context = cast(ssl.SSLContext, handshake)  # pynetdicom only calls wrap_socket
         tls_args = (context, destination.tls_hostname or destination.host)
     try:
-        assoc = Requestor(
-            ae.associate(
-                destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
-            )
+        assoc = request(
+            ae, destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
         )
     except (OSError, ssl.SSLError) as exc:
         return [_all(o, Outcome.RETRY, None, f"no connection: {exc}") for o in objects]
@@ -193,14 +191,12 @@ class _Handshake:
         return conn
 
 
-def _association_failure(assoc: object) -> tuple[Outcome, str]:
-    if getattr(assoc, "is_rejected", False):
-        primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
-        result = getattr(primitive, "result", None)
-        diagnostic = getattr(primitive, "diagnostic", None)
-        if result == 0x02:
-            return Outcome.RETRY, f"association rejected (transient, reason {diagnostic})"
-        return Outcome.FAILED, f"association rejected (permanent, reason {diagnostic})"
+def _association_failure(assoc: Requestor) -> tuple[Outcome, str]:
+    rejection = assoc.rejection
+    if rejection is not None:
+        if rejection.result == 0x02:
+            return Outcome.RETRY, f"association rejected (transient, reason {rejection.reason})"
+        return Outcome.FAILED, f"association rejected (permanent, reason {rejection.reason})"
     primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
     if getattr(primitive, "result", None) == 0x00:
         return Outcome.FAILED, "destination accepted none of the presentation contexts"
