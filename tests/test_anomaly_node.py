@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,8 @@ from inference.weights_store import find, read_manifest
 from reporting import write_outputs
 from reporting.render import neural_lines, not_run_line
 from tests.anomaly_store import make_store
-from tests.conftest import ctnode_command, subprocess_env
 from tests.http_node import make_node
-from tests.neural_node import settings_for, sr_texts
+from tests.neural_node import settings_for, sr_texts, weights_cli
 from tests.phantoms import chest_phantom
 from tests.test_predict import get, post, zip_files
 from tests.test_sr import dciodvfy
@@ -185,16 +183,8 @@ def test_a_site_registers_both_checkpoints_and_both_are_verified(tmp_path: Path)
     obtained = make_store(tmp_path / "download")
     store = tmp_path / "weights"
 
-    def ctnode(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ctnode_command("weights", "--store", str(store), *argv),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    registered = ctnode(
+    registered = weights_cli(
+        store,
         "register",
         str(obtained / "model_tiny.pt"),
         "--name",
@@ -212,13 +202,13 @@ def test_a_site_registers_both_checkpoints_and_both_are_verified(tmp_path: Path)
     assert entry.companion == "modelclass_tiny.pt" and entry.card == "card_tiny.json"
     assert entry.companion_sha256 == hashlib.sha256(classifier).hexdigest()
     assert entry.companion_size == len(classifier)
-    checked = ctnode("check")
+    checked = weights_cli(store, "check")
     if not torch.cuda.is_available():  # not run here, and that is no fault of the weights
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert f"{NAME}\tdisabled\tnot run: no GPU on this node" in checked.stdout
 
     (store / "modelclass_tiny.pt").write_bytes(classifier[:-1] + bytes([classifier[-1] ^ 1]))
-    checked = ctnode("check")
+    checked = weights_cli(store, "check")
     assert checked.returncode == 1 and f"{NAME}\tFAULT" in checked.stdout
     assert "modelclass_tiny.pt sha256" in checked.stdout
 

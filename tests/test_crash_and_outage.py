@@ -16,28 +16,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cluster import wait_until
 from tests.conftest import testdata
 from tests.node_process import NodeProcess, Pacs, require
 
 pytestmark = pytest.mark.slow
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-def wait_until(what: str, condition: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def series_state(node: NodeProcess) -> str | None:

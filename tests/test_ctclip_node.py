@@ -36,7 +36,7 @@ from reporting.render import neural_lines, not_run_line
 from tests.conftest import REPO, ctnode_command, subprocess_env
 from tests.ctclip_store import TINY, make_store, tiny_state, vocab_file
 from tests.http_node import make_node
-from tests.neural_node import settings_for, sr_texts
+from tests.neural_node import settings_for, sr_texts, weights_cli
 from tests.phantoms import chest_phantom
 from tests.test_predict import get, post, zip_files
 from tests.test_sr import dciodvfy
@@ -261,16 +261,8 @@ def test_a_site_registers_and_checks_a_checkpoint_it_obtained(tmp_path: Path) ->
     vocab_file(obtained / "vocab.txt")
     store = tmp_path / "weights"
 
-    def ctnode(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ctnode_command("weights", "--store", str(store), *argv),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    registered = ctnode(
+    registered = weights_cli(
+        store,
         "register",
         str(obtained / "CT-CLIP_v2.pt"),
         "--name",
@@ -287,15 +279,15 @@ def test_a_site_registers_and_checks_a_checkpoint_it_obtained(tmp_path: Path) ->
     assert registered.returncode == 0, registered.stderr
     sha = hashlib.sha256((obtained / "CT-CLIP_v2.pt").read_bytes()).hexdigest()
     assert node_entry_sha(store, "ct-clip-v2") == sha
-    listed = ctnode("list")
+    listed = weights_cli(store, "list")
     assert listed.returncode == 0 and "ct-clip-v2\t1\tpresent\tctclip" in listed.stdout
-    checked = ctnode("check")
+    checked = weights_cli(store, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "ctclip\tenabled\tweights verified (ct-clip-v2)" in checked.stdout
     assert text_cache_path(store / "CT-CLIP_v2.pt", sha).is_file()
 
     (store / "CT-CLIP_v2.pt").write_bytes(b"truncated")
-    checked = ctnode("check")
+    checked = weights_cli(store, "check")
     assert checked.returncode == 1 and "ctclip\tFAULT" in checked.stdout
 
 

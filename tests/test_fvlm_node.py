@@ -10,7 +10,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -43,7 +42,6 @@ from inference.loading import load_series
 from inference.volume import Volume
 from reporting import write_outputs
 from reporting.render import neural_lines
-from tests.conftest import ctnode_command, subprocess_env
 from tests.fvlm_store import (
     TINY,
     make_store,
@@ -51,7 +49,7 @@ from tests.fvlm_store import (
     tiny_state,
     vocab_file,
 )
-from tests.neural_node import settings_for, sr_texts
+from tests.neural_node import settings_for, sr_texts, weights_cli
 from tests.phantoms import chest_phantom
 from tests.test_sr import dciodvfy
 from tests.totalseg_weights import write_archive
@@ -243,16 +241,8 @@ def test_a_site_registers_fvlm_and_totalsegmentator_with_the_cli(tmp_path: Path)
         zf.writestr("Dataset297_TotalSegmentator_total_3mm_1559subj/dataset.json", "{}")
     store = tmp_path / "weights"
 
-    def ctnode(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ctnode_command("weights", "--store", str(store), *argv),
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    done = ctnode(
+    done = weights_cli(
+        store,
         "register",
         str(obtained / "fvlm.pth"),
         "--name",
@@ -265,7 +255,8 @@ def test_a_site_registers_fvlm_and_totalsegmentator_with_the_cli(tmp_path: Path)
         str(obtained / "vocab.txt"),
     )
     assert done.returncode == 0, done.stderr
-    done = ctnode(
+    done = weights_cli(
+        store,
         "register",
         str(obtained / "totalseg.zip"),
         "--name",
@@ -274,9 +265,9 @@ def test_a_site_registers_fvlm_and_totalsegmentator_with_the_cli(tmp_path: Path)
         "totalsegmentator",
     )
     assert done.returncode == 0, done.stderr
-    listed = ctnode("list")
+    listed = weights_cli(store, "list")
     assert "totalseg-v2\t1\tpresent\ttotalsegmentator" in listed.stdout
-    checked = ctnode("check")
+    checked = weights_cli(store, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # registered, but the default (full) mode's models are not in the zip: said, not hidden
     line = next(x for x in checked.stdout.splitlines() if x.startswith("fvlm\t"))

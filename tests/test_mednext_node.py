@@ -34,7 +34,7 @@ from reporting import write_outputs
 from reporting.render import neural_lines
 from tests.conftest import REPO, ctnode_command, subprocess_env
 from tests.mednext_store import LABELS, SITE_LABEL, make_store, phantom_card
-from tests.neural_node import settings_for, sr_texts
+from tests.neural_node import settings_for, sr_texts, weights_cli
 from tests.phantoms import chest_phantom
 from tests.test_sr import dciodvfy
 
@@ -214,13 +214,7 @@ def test_a_site_trains_registers_and_runs_mednext_from_the_command_line(tmp_path
     card = ModelCard.read(store / "site-mednext.mednext-card.json")
     assert card.labels == ("Lung nodule", "Emphysema") and card.training["epochs_run"] == 2
     assert card.thresholds[1] == 0.5  # no positive: no threshold to choose
-    checked = subprocess.run(
-        ctnode_command("weights", "--store", str(store), "check"),
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    checked = weights_cli(store, "check")
     assert "mednext\tenabled\tweights verified (site-mednext)" in checked.stdout, checked.stdout
     built = ensemble.build(settings_for(store))
     analysis = built.run(

@@ -65,15 +65,6 @@ def queues(pg_url: str) -> Iterator[Callable[..., QueueWorkers]]:
         assert queue.stop()
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def tasks(index: Index) -> list[dict[str, Any]]:
     return index.query(
         "SELECT id, status, task_name, args, lock FROM procrastinate_jobs ORDER BY id"
@@ -113,7 +104,9 @@ def test_a_queued_job_is_analysed_at_once_by_an_idle_worker(
     queue = queues("worker-a", poll=60.0)
     queue.analyse_with(partial(analyse, index, worker, 60.0), 1)
     queue.start()
-    wait_for("the worker to listen", lambda: index.query("SELECT id FROM procrastinate_workers"))
+    wait_until(
+        "the worker to listen", lambda: index.query("SELECT id FROM procrastinate_workers"), 20
+    )
     time.sleep(1.0)
     series = receive(index, spool, "wake")
     queued = time.monotonic()
@@ -122,12 +115,12 @@ def test_a_queued_job_is_analysed_at_once_by_an_idle_worker(
     def reported() -> bool:
         return bool(index.query("SELECT state FROM series")[0]["state"] == "REPORTED")
 
-    wait_for("the series to be reported", reported, 15.0)
+    wait_until("the series to be reported", reported, 15.0)
     assert time.monotonic() - queued < 15.0  # far below the 60 s poll
     assert index.query("SELECT state, owner, claims FROM jobs") == [
         {"state": "done", "owner": None, "claims": 1}
     ]
-    wait_for("the finished task to be deleted", lambda: not tasks(index))
+    wait_until("the finished task to be deleted", lambda: not tasks(index), 20)
 
 
 def test_a_task_waits_while_its_study_still_receives(
@@ -142,14 +135,16 @@ def test_a_task_waits_while_its_study_still_receives(
     queue = queues("worker-a", poll=0.3)
     queue.analyse_with(partial(analyse, index, worker, 0.3), 1)
     queue.start()
-    wait_for(
-        "the task to wait", lambda: tasks(index)[0]["status"] == "todo" and pipeline.seen == []
-    )
+
+    def waiting() -> bool:
+        return bool(tasks(index)[0]["status"] == "todo" and pipeline.seen == [])
+
+    wait_until("the task to wait", waiting, 20)
     time.sleep(1.5)  # it runs again every 0.3 s and finds the study still receiving
     assert pipeline.seen == [] and index.query("SELECT state FROM jobs")[0]["state"] == "queued"
     with index.transaction() as conn:
         conn.execute("UPDATE series SET state = 'STABLE' WHERE series_uid != ?", (first,))
-    wait_for("the job to run", lambda: pipeline.seen)
+    wait_until("the job to run", lambda: pipeline.seen, 20)
     assert pipeline.seen == [6]  # it saw the whole study
 
 
@@ -190,7 +185,7 @@ def test_a_stalled_workers_job_runs_elsewhere_and_its_late_word_changes_nothing(
         rows = live.query("SELECT state, claims FROM jobs")
         return rows == [{"state": "done", "claims": 2}]
 
-    wait_for("the live worker to take the job over and finish it", sent_by_live, 30.0)
+    wait_until("the live worker to take the job over and finish it", sent_by_live, 30.0)
     assert live.query("SELECT state FROM series")[0]["state"] == "REPORTED"
     # the frozen worker wakes: its result is refused, its stop changes nothing
     obj = [ResultObject("sr", "1.2.3", "x/1.sr.dcm")]
