@@ -178,8 +178,8 @@ class QueueWorkers:
         self._analysis = 0
         self._periodic_queues: list[str] = []
         self._stop = threading.Event()
+        self._workers: list[Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: asyncio.Future[Any] | None = None
         self._thread: threading.Thread | None = None
 
     def analyse_with(self, run: Callable[[int, int], None], concurrency: int) -> None:
@@ -202,10 +202,7 @@ class QueueWorkers:
         def periodic(timestamp: int) -> None:
             run()
 
-        task = self.app.task(name=name, queue=queue, queueing_lock=name)(periodic)
-        self.app.periodic(cron=cron_every(seconds), periodic_id=name)(task)
-        if queue not in self._periodic_queues:
-            self._periodic_queues.append(queue)
+        self._periodic(name, seconds, queue, periodic)
 
     def recover_stalled(self, release: Callable[[int], object]) -> None:
         """Every heartbeat: the analysis tasks of workers whose last beat is older than the
@@ -223,10 +220,17 @@ class QueueWorkers:
                 await manager.retry_job(job)
             await manager.prune_stalled_workers(self.lease)
 
-        name = "ctnode.recover"
-        task = self.app.task(name=name, queue=MAINTENANCE_QUEUE, queueing_lock=name)(recover)
-        self.app.periodic(cron=cron_every(self.heartbeat), periodic_id=name)(task)
-        self._periodic_queues.append(MAINTENANCE_QUEUE)
+        self._periodic("ctnode.recover", self.heartbeat, MAINTENANCE_QUEUE, recover)
+
+    def _periodic(
+        self, name: str, seconds: float, queue: str, function: Callable[..., object]
+    ) -> None:
+        """Register ``function(timestamp)`` as periodic task ``name`` on ``queue``; the
+        queueing lock keeps at most one run waiting."""
+        task = self.app.task(name=name, queue=queue, queueing_lock=name)(function)
+        self.app.periodic(cron=cron_every(seconds), periodic_id=name)(task)
+        if queue not in self._periodic_queues:
+            self._periodic_queues.append(queue)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="queue", daemon=True)
@@ -236,17 +240,21 @@ class QueueWorkers:
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> bool:
-        """Stop fetching tasks; True when the running ones ended within the grace period.
-        Cancelling procrastinate's workers is its graceful stop (running tasks finish, for
-        up to ``grace`` seconds); a stop before they started keeps them from starting."""
+        """Stop fetching tasks; True when the running ones ended within the grace period
+        (procrastinate's graceful stop: running tasks finish, for up to ``grace`` seconds,
+        and record their outcome while the queue's connections are still open)."""
         self._stop.set()
-        loop, running = self._loop, self._running
-        if loop is not None and running is not None:
-            loop.call_soon_threadsafe(running.cancel)
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop_workers)
         if self._thread is None:
             return True
         self._thread.join(self.grace + 5.0)
         return not self._thread.is_alive()
+
+    def _stop_workers(self) -> None:
+        for worker in self._workers:
+            worker.stop()  # type: ignore[no-untyped-call]
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -263,17 +271,17 @@ class QueueWorkers:
                 workers.append(self._worker([ANALYSIS_QUEUE], self._analysis))
             if self._periodic_queues:
                 workers.append(self._worker(self._periodic_queues, 1))
+            self._workers = workers
+            runs = [asyncio.create_task(w.run()) for w in workers]  # type: ignore[no-untyped-call]
+            # A stop before this point is seen here, one after it by ``stop``: either way
+            # the workers are stopped after their ``run`` began (which clears a stop).
             self._loop = asyncio.get_running_loop()
-            self._running = asyncio.gather(*(w.run() for w in workers))  # type: ignore[no-untyped-call]
             if self._stop.is_set():
-                self._running.cancel()
+                self._loop.call_soon(self._stop_workers)
             try:
-                await self._running
-            except asyncio.CancelledError:
-                if not self._stop.is_set():
-                    raise
+                await asyncio.gather(*runs)
             finally:
-                self._loop = self._running = None
+                self._loop = None
 
     def _worker(self, queues: list[str], concurrency: int) -> Worker:
         return Worker(

@@ -292,7 +292,7 @@ def test_one_process_over_postgresql_takes_a_study_from_the_scanner_to_the_pacs(
         (job,) = index.query("SELECT state, task_id FROM jobs")
         assert job["state"] == "done" and job["task_id"] is not None
         assert node.stop() == 0, node.log_text()[-3000:]
-        assert "Traceback" not in node.log_text()
+        assert "Traceback" not in node.log_text(), node.log_text()
     finally:
         node.stop()
         pacs.stop()
